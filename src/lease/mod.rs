@@ -1,0 +1,3 @@
+//! Leases: the payload model, the DSSE envelope, keys, trust policies and verification.
+
+pub mod model;
