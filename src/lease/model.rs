@@ -288,3 +288,14 @@ pub enum Layer {
     /// rlimits.
     Rlimits,
 }
+
+/// The JSON Schema of the lease payload, as committed in `policies/lease.schema.json`.
+pub fn lease_schema_json() -> String {
+    let schema = schemars::schema_for!(Lease);
+    // Pretty-printing a schema built from our own types cannot fail; fall back to the compact
+    // form rather than panic if serde_json ever disagrees.
+    let mut text =
+        serde_json::to_string_pretty(&schema).unwrap_or_else(|_| schema.as_value().to_string());
+    text.push('\n');
+    text
+}
