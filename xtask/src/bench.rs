@@ -1,0 +1,310 @@
+//! `cargo xtask bench`: verification throughput (criterion) and the start-up cost of one
+//! sandboxed `/usr/bin/true` against the peers, all measured in one run on this machine.
+//!
+//! Start-up is the median wall time from spawn to reaped exit. The tools run interleaved,
+//! round by round, so drift in the machine's load falls on all of them alike.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{self, Result, cargo, fail, header, repo_root, run};
+
+/// Rounds per tool. 300 keeps the whole start-up comparison near ten seconds while the
+/// median is stable to a few microseconds.
+const ROUNDS: usize = 300;
+/// Unmeasured runs first, so page cache and dentry cache are warm for every tool.
+const WARMUP: usize = 20;
+
+pub fn bench() -> Result<()> {
+    if util::is_root() {
+        util::ensure_packages(&[("bwrap", "bubblewrap"), ("runc", "runc")])?;
+    }
+    header("build (release)");
+    run(cargo().args(["build", "--quiet", "--release", "--bins"]))?;
+    let bin = repo_root().join("target/release");
+
+    header("lease verification throughput (criterion, one core)");
+    run(cargo().args(["bench", "--quiet", "--bench", "verify"]))?;
+
+    header("start-up: median wall time of one sandboxed /usr/bin/true");
+    let dir = scratch()?;
+    let result = startup(&bin, &dir);
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+/// A tool under test: a name and how to build its command.
+struct Tool {
+    name: &'static str,
+    cmd: Box<dyn Fn(usize) -> Command>,
+}
+
+fn startup(bin: &Path, dir: &Path) -> Result<()> {
+    let lease = make_lease(bin, dir)?;
+    let mut tools: Vec<Tool> = vec![Tool {
+        name: "bare /usr/bin/true",
+        cmd: Box::new(|_| Command::new("/usr/bin/true")),
+    }];
+    let calyx_run = bin.join("calyx-run");
+    let (trust, state, audit) = (
+        dir.join("trust.toml"),
+        dir.join("state"),
+        dir.join("audit.jsonl"),
+    );
+    tools.push(Tool {
+        name: "calyx-run (default profile)",
+        cmd: Box::new(move |_| {
+            let mut c = Command::new(&calyx_run);
+            c.arg("--lease").arg(&lease).arg("--trust").arg(&trust);
+            c.arg("--state-dir")
+                .arg(&state)
+                .arg("--audit-log")
+                .arg(&audit);
+            c.args(["--", "/usr/bin/true"]);
+            c
+        }),
+    });
+    if util::have("bwrap") {
+        tools.push(Tool {
+            name: "bwrap --unshare-all",
+            cmd: Box::new(|_| bwrap()),
+        });
+    }
+    if util::have("unshare") {
+        tools.push(Tool {
+            name: "unshare -Urnpf --mount-proc",
+            cmd: Box::new(|_| {
+                let mut c = Command::new("unshare");
+                c.args(["-Urnpf", "--mount-proc", "/usr/bin/true"]);
+                c
+            }),
+        });
+    }
+    if util::have("runc") && util::is_root() {
+        let bundle = runc_bundle(dir)?;
+        let state = dir.join("runc-state");
+        tools.push(Tool {
+            name: "runc run",
+            cmd: Box::new(move |i| {
+                let mut c = Command::new("runc");
+                c.arg("--root")
+                    .arg(&state)
+                    .arg("run")
+                    .arg("--bundle")
+                    .arg(&bundle);
+                c.arg(format!("calyx-bench-{}-{i}", std::process::id()));
+                c
+            }),
+        });
+    }
+
+    // Every tool must actually succeed before its time means anything.
+    for t in &tools {
+        check(&(t.cmd)(0), t.name)?;
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(ROUNDS); tools.len()];
+    for round in 0..WARMUP + ROUNDS {
+        // Rotate the order each round so no tool always runs right after another.
+        for k in 0..tools.len() {
+            let idx = (round + k) % tools.len();
+            let mut cmd = (tools[idx].cmd)(round + 1);
+            let t0 = Instant::now();
+            let status = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_err(|e| fail(format!("{}: {e}", tools[idx].name)))?;
+            let took = t0.elapsed();
+            if !status.success() {
+                return Err(fail(format!(
+                    "{} failed during the benchmark: {status}",
+                    tools[idx].name
+                )));
+            }
+            if round >= WARMUP {
+                samples[idx].push(took);
+            }
+        }
+    }
+
+    let stats: Vec<(f64, f64)> = samples.iter_mut().map(|s| percentiles(s)).collect();
+    let bwrap_median = tools
+        .iter()
+        .position(|t| t.name.starts_with("bwrap"))
+        .map(|i| stats[i].0);
+    let mut table =
+        String::from("| tool | median (ms) | p90 (ms) | ratio to bwrap |\n|---|---:|---:|---:|\n");
+    for (t, (median, p90)) in tools.iter().zip(&stats) {
+        let ratio = bwrap_median.map_or("n/a".to_owned(), |b| format!("{:.2}", median / b));
+        table.push_str(&format!(
+            "| {} | {median:.2} | {p90:.2} | {ratio} |\n",
+            t.name
+        ));
+    }
+    println!("{table}");
+    println!(
+        "{ROUNDS} interleaved rounds after {WARMUP} warm-up rounds; {} cores",
+        cores()
+    );
+    let out = repo_root().join("target/bench-startup.md");
+    let _ = fs::write(&out, &table);
+    println!("table written to {}", out.display());
+    Ok(())
+}
+
+fn check(cmd: &Command, name: &str) -> Result<()> {
+    let mut c = Command::new(cmd.get_program());
+    c.args(cmd.get_args());
+    let out = c.output().map_err(|e| fail(format!("{name}: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "{name} does not run here ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// (median, p90) in milliseconds.
+fn percentiles(s: &mut [Duration]) -> (f64, f64) {
+    s.sort_unstable();
+    let at = |q: f64| {
+        let i = ((s.len() as f64 - 1.0) * q).round() as usize;
+        s.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    };
+    (at(0.5), at(0.9))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// bubblewrap with a view comparable to calyx's default profile: read-only /usr with the
+/// merged-usr links, new /proc, minimal /dev, a tmpfs /tmp, every namespace unshared.
+fn bwrap() -> Command {
+    let mut c = Command::new("bwrap");
+    c.args(["--unshare-all", "--die-with-parent", "--new-session"]);
+    c.args(["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]);
+    for (link, target) in [
+        ("/bin", "usr/bin"),
+        ("/sbin", "usr/sbin"),
+        ("/lib", "usr/lib"),
+        ("/lib64", "usr/lib64"),
+    ] {
+        c.args(["--symlink", target, link]);
+    }
+    c.args([
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--",
+        "/usr/bin/true",
+    ]);
+    c
+}
+
+/// Keys, a trust policy and a two-key lease allowing `/usr/bin/true`, made with the real CLI.
+fn make_lease(bin: &Path, dir: &Path) -> Result<PathBuf> {
+    let calyx = |args: &[&str]| {
+        let mut c = Command::new(bin.join("calyx"));
+        c.args(args).stdout(Stdio::null());
+        c
+    };
+    let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let trust = p("trust.toml");
+    for (id, role) in [("alice", "human"), ("cp14", "agent")] {
+        run(&mut calyx(&[
+            "key",
+            "gen",
+            "--out",
+            &p(&format!("{id}.key")),
+            "--id",
+            id,
+        ]))?;
+        run(&mut calyx(&[
+            "trust",
+            "add",
+            "--policy",
+            &trust,
+            "--pub",
+            &p(&format!("{id}.key.pub")),
+            "--id",
+            id,
+            "--role",
+            role,
+        ]))?;
+    }
+    let lease = p("lease.json");
+    run(&mut calyx(&[
+        "lease",
+        "issue",
+        "--out",
+        &lease,
+        "--intent",
+        "INT-bench",
+        "--subject",
+        "bench",
+        "--command",
+        "/usr/bin/true",
+        "--ttl",
+        "1h",
+        "--max-uses",
+        "1000000",
+    ]))?;
+    for id in ["alice", "cp14"] {
+        run(&mut calyx(&[
+            "lease",
+            "sign",
+            &lease,
+            "--key",
+            &p(&format!("{id}.key")),
+        ]))?;
+    }
+    Ok(PathBuf::from(lease))
+}
+
+/// A minimal OCI bundle: an empty root with /usr bound read-only and the merged-usr links.
+/// Its cgroup path is relative, so runc creates it under this process's own cgroup.
+fn runc_bundle(dir: &Path) -> Result<PathBuf> {
+    let bundle = dir.join("runc-bundle");
+    let rootfs = bundle.join("rootfs");
+    fs::create_dir_all(rootfs.join("usr")).map_err(|e| fail(format!("runc rootfs: {e}")))?;
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        std::os::unix::fs::symlink(target, rootfs.join(link))
+            .map_err(|e| fail(format!("runc rootfs link {link}: {e}")))?;
+    }
+    run(Command::new("runc").current_dir(&bundle).arg("spec"))?;
+    let path = bundle.join("config.json");
+    let text = fs::read_to_string(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("runc spec: {e}")))?;
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/usr/bin/true"]);
+    spec["root"]["readonly"] = true.into();
+    spec["linux"]["cgroupsPath"] = format!("calyx-bench-runc-{}", std::process::id()).into();
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.push(serde_json::json!({
+            "destination": "/usr", "type": "bind", "source": "/usr",
+            "options": ["rbind", "ro", "nosuid", "nodev"]
+        }));
+    }
+    fs::write(&path, spec.to_string()).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    Ok(bundle)
+}
+
+fn scratch() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("calyx-bench-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| fail(format!("mkdir {}: {e}", dir.display())))?;
+    Ok(dir)
+}

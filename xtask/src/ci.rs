@@ -1,0 +1,131 @@
+//! `cargo xtask ci`: every check and every test tier, in the order a failure is cheapest.
+//!
+//! With `CI=true` a tier that cannot run on this host is a failure, not a skip: a green CI must
+//! mean every layer was exercised.
+
+use std::process::Command;
+
+use crate::util::{self, Result, cargo, fail, header, run};
+
+/// One tier's outcome, for the closing summary.
+enum Outcome {
+    Passed,
+    Failed(String),
+    Skipped(String),
+}
+
+pub fn ci() -> Result<()> {
+    let strict = std::env::var("CI").is_ok_and(|v| v == "true");
+    let mut tiers: Vec<(&str, Outcome)> = Vec::new();
+
+    header("host packages");
+    // The tests run payloads with python3 and drop to `nobody` with setpriv; gcc builds
+    // cargo's build scripts. Installed here so a fresh Debian machine needs nothing else.
+    util::ensure_packages(&[
+        ("python3", "python3"),
+        ("setpriv", "util-linux"),
+        ("cc", "gcc"),
+    ])?;
+
+    header("format");
+    tiers.push((
+        "fmt",
+        outcome(run(cargo().args(["fmt", "--all", "--", "--check"]))),
+    ));
+
+    header("clippy (warnings are errors)");
+    tiers.push((
+        "clippy",
+        outcome(run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]))),
+    ));
+
+    header("unit and host integration tests");
+    // The host tier attacks real sandboxes as root and as `nobody`; only root can drop to
+    // another user, so without root that half cannot run.
+    if util::is_root() {
+        tiers.push((
+            "unit+host",
+            outcome(run(cargo().args(["test", "--workspace", "--locked"]))),
+        ));
+    } else {
+        tiers.push((
+            "unit+host",
+            Outcome::Skipped("needs root to run the unprivileged half as `nobody`".into()),
+        ));
+    }
+
+    header("fuzz smoke (verify target)");
+    tiers.push(("fuzz", fuzz_smoke()));
+
+    header("summary");
+    let mut bad = 0;
+    for (name, o) in &tiers {
+        match o {
+            Outcome::Passed => println!("  {name:<10} passed"),
+            Outcome::Failed(why) => {
+                bad += 1;
+                println!("  {name:<10} FAILED: {why}");
+            }
+            Outcome::Skipped(why) => {
+                if strict {
+                    bad += 1;
+                    println!("  {name:<10} SKIPPED (a failure with CI=true): {why}");
+                } else {
+                    println!("  {name:<10} SKIPPED: {why}");
+                }
+            }
+        }
+    }
+    if bad > 0 {
+        return Err(fail(format!("{bad} tier(s) did not pass")));
+    }
+    Ok(())
+}
+
+fn outcome(r: Result<()>) -> Outcome {
+    match r {
+        Ok(()) => Outcome::Passed,
+        Err(e) => Outcome::Failed(e.0),
+    }
+}
+
+/// Builds the fuzz target with nightly and runs it briefly: long enough to catch a parser
+/// that panics on shallow input, short enough for every CI run.
+fn fuzz_smoke() -> Outcome {
+    let root = util::repo_root();
+    if !root.join("fuzz/Cargo.toml").is_file() {
+        return Outcome::Failed("fuzz/Cargo.toml is missing".into());
+    }
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        if let Err(e) = run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"])) {
+            return Outcome::Failed(e.0);
+        }
+    }
+    let has_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nightly {
+        return Outcome::Skipped("no nightly toolchain (rustup toolchain install nightly)".into());
+    }
+    outcome(run(Command::new("cargo").current_dir(&root).args([
+        "+nightly",
+        "fuzz",
+        "run",
+        "verify",
+        "--",
+        "-max_total_time=30",
+    ])))
+}

@@ -1,0 +1,308 @@
+//! `cargo xtask demo`: the main job end to end, in a throw-away directory.
+//!
+//! A human and an agent make keys and a trust policy; the issuer drafts a lease; both cosign
+//! it; it verifies; a forged copy and a lease missing its human signature are refused; then the
+//! lease runs a command inside the sandbox, where reading a host secret, writing outside the
+//! grant and opening a network connection are each refused.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+
+use crate::util::{Result, cargo, fail, header, repo_root, run, show};
+
+pub fn demo() -> Result<()> {
+    header("build");
+    run(cargo().args(["build", "--quiet", "--bins"]))?;
+    let bin = repo_root().join("target/debug");
+    let dir = scratch_dir()?;
+    let result = walkthrough(&bin, &dir);
+    // The directory holds throw-away keys only; leave nothing behind either way.
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn walkthrough(bin: &Path, dir: &Path) -> Result<()> {
+    let calyx = |args: &[&str]| {
+        let mut c = Command::new(bin.join("calyx"));
+        c.args(args);
+        c
+    };
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+
+    header("keys: a human (alice) and an agent (cp14)");
+    step(&mut calyx(&[
+        "key",
+        "gen",
+        "--out",
+        &p("alice.key"),
+        "--id",
+        "alice",
+    ]))?;
+    step(&mut calyx(&[
+        "key",
+        "gen",
+        "--out",
+        &p("cp14.key"),
+        "--id",
+        "cp14",
+    ]))?;
+    step(&mut calyx(&[
+        "key",
+        "gen",
+        "--out",
+        &p("mallory.key"),
+        "--id",
+        "mallory",
+    ]))?;
+
+    header("trust policy: one human and one agent must cosign");
+    let trust = p("trust.toml");
+    let pubkey = |n: &str| p(&format!("{n}.key.pub"));
+    step(&mut calyx(&[
+        "trust",
+        "add",
+        "--policy",
+        &trust,
+        "--pub",
+        &pubkey("alice"),
+        "--id",
+        "alice",
+        "--role",
+        "human",
+    ]))?;
+    step(&mut calyx(&[
+        "trust",
+        "add",
+        "--policy",
+        &trust,
+        "--pub",
+        &pubkey("cp14"),
+        "--id",
+        "cp14",
+        "--role",
+        "agent",
+    ]))?;
+
+    header("the issuer drafts a lease");
+    fs::create_dir_all(dir.join("project")).map_err(|e| fail(format!("mkdir project: {e}")))?;
+    fs::create_dir_all(dir.join("out")).map_err(|e| fail(format!("mkdir out: {e}")))?;
+    write(&dir.join("project/input.txt"), "build input\n")?;
+    write(&dir.join("host-secret.txt"), "the host's secret\n")?;
+    let lease = p("lease.json");
+    step(&mut calyx(&[
+        "lease",
+        "issue",
+        "--out",
+        &lease,
+        "--intent",
+        "INT-demo-1",
+        "--subject",
+        "cp14",
+        "--command",
+        "/bin/echo *",
+        "--command",
+        "/usr/bin/python3 -c *",
+        "--read",
+        &p("project"),
+        "--write",
+        &p("out"),
+        "--ttl",
+        "1h",
+        "--timeout",
+        "30s",
+    ]))?;
+
+    header("alice (human) and cp14 (agent) cosign it");
+    step(&mut calyx(&[
+        "lease",
+        "sign",
+        &lease,
+        "--key",
+        &p("alice.key"),
+    ]))?;
+    step(&mut calyx(&[
+        "lease",
+        "sign",
+        &lease,
+        "--key",
+        &p("cp14.key"),
+    ]))?;
+    step(&mut calyx(&["lease", "show", &lease, "--trust", &trust]))?;
+
+    header("anyone verifies it offline");
+    step(&mut calyx(&["lease", "verify", &lease, "--trust", &trust]))?;
+
+    header("a forged copy (subject changed after signing) is refused");
+    let forged = p("forged.json");
+    forge(Path::new(&lease), Path::new(&forged))?;
+    refused(
+        &mut calyx(&["lease", "verify", &forged, "--trust", &trust]),
+        77,
+    )?;
+
+    header("a lease cosigned by an untrusted key instead of the human is refused");
+    let half = p("half.json");
+    step(&mut calyx(&[
+        "lease",
+        "issue",
+        "--out",
+        &half,
+        "--intent",
+        "INT-demo-2",
+        "--subject",
+        "cp14",
+        "--command",
+        "/bin/echo *",
+        "--ttl",
+        "1h",
+    ]))?;
+    step(&mut calyx(&[
+        "lease",
+        "sign",
+        &half,
+        "--key",
+        &p("mallory.key"),
+    ]))?;
+    step(&mut calyx(&[
+        "lease",
+        "sign",
+        &half,
+        "--key",
+        &p("cp14.key"),
+    ]))?;
+    refused(
+        &mut calyx(&["lease", "verify", &half, "--trust", &trust]),
+        77,
+    )?;
+
+    header("the lease runs a command inside the sandbox");
+    let state = p("state");
+    let audit = p("audit.jsonl");
+    let calyx_run = |argv: &[&str]| {
+        let mut c = Command::new(bin.join("calyx-run"));
+        c.args([
+            "--lease",
+            &lease,
+            "--trust",
+            &trust,
+            "--state-dir",
+            &state,
+            "--audit-log",
+            &audit,
+        ])
+        .arg("--")
+        .args(argv);
+        c
+    };
+    step(&mut calyx_run(&[
+        "/bin/echo",
+        "hello from inside the sandbox",
+    ]))?;
+
+    header("inside the sandbox: read a host secret, write outside the grant, connect out");
+    // A listener on the host's loopback: the sandbox has its own network namespace and no
+    // interface, so nothing may reach it.
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| fail(format!("listen: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| fail(format!("{e}")))?
+        .port();
+    let attack = format!(
+        r#"
+import socket
+def attempt(what, f):
+    try:
+        f()
+        print(f"  {{what}}: ALLOWED (this is a bug)")
+    except OSError as e:
+        print(f"  {{what}}: denied ({{e.strerror}})")
+attempt("read {secret}", lambda: open("{secret}").read())
+attempt("write {outside}", lambda: open("{outside}", "w").write("x"))
+attempt("connect 127.0.0.1:{port}", lambda: socket.create_connection(("127.0.0.1", {port}), timeout=2))
+attempt("read the granted {input}", lambda: print("  granted read:", open("{input}").read().strip()))
+"#,
+        secret = p("host-secret.txt"),
+        outside = p("outside.txt"),
+        input = p("project/input.txt"),
+    );
+    step(&mut calyx_run(&["/usr/bin/python3", "-c", &attack]))?;
+    if dir.join("outside.txt").exists() {
+        return Err(fail("the sandbox wrote outside its grant"));
+    }
+
+    header("the audit trail of these runs");
+    let log = fs::read_to_string(&audit).map_err(|e| fail(format!("reading {audit}: {e}")))?;
+    for line in log.lines() {
+        println!("  {line}");
+    }
+    println!("\ndemo finished: every refusal above happened, and the host is untouched");
+    Ok(())
+}
+
+/// Runs a step that must succeed, echoing the command.
+fn step(cmd: &mut Command) -> Result<()> {
+    println!("$ {}", brief(cmd));
+    run(cmd)
+}
+
+/// Runs a step that must be refused with `code`.
+fn refused(cmd: &mut Command, code: i32) -> Result<()> {
+    println!("$ {}", brief(cmd));
+    let status = cmd
+        .status()
+        .map_err(|e| fail(format!("{}: {e}", show(cmd))))?;
+    match status.code() {
+        Some(c) if c == code => {
+            println!("  (refused, exit {c}, as it should be)");
+            Ok(())
+        }
+        other => Err(fail(format!(
+            "expected exit {code}, got {other:?}: {}",
+            show(cmd)
+        ))),
+    }
+}
+
+/// The command line with the scratch directory shortened, for readable output.
+fn brief(cmd: &Command) -> String {
+    let s = show(cmd);
+    let bin = repo_root().join("target/debug/");
+    s.replace(&*bin.to_string_lossy(), "")
+}
+
+/// Rewrites the payload's subject without re-signing: what an attacker holding a signed lease
+/// would try.
+fn forge(src: &Path, dst: &Path) -> Result<()> {
+    let text = fs::read_to_string(src).map_err(|e| fail(format!("{}: {e}", src.display())))?;
+    let mut env: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("envelope: {e}")))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payload = env["payload"]
+        .as_str()
+        .ok_or_else(|| fail("envelope has no payload"))?;
+    let raw = b64
+        .decode(payload)
+        .map_err(|e| fail(format!("payload: {e}")))?;
+    let forged = String::from_utf8_lossy(&raw).replace("\"cp14\"", "\"cp18\"");
+    env["payload"] = serde_json::Value::String(b64.encode(forged));
+    write(dst, &env.to_string())
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).map_err(|e| fail(format!("writing {}: {e}", path.display())))
+}
+
+/// A fresh directory under the system temp dir, traversable by the sandbox's user.
+fn scratch_dir() -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("calyx-demo-{}-{nanos}", std::process::id()));
+    fs::create_dir(&dir).map_err(|e| fail(format!("mkdir {}: {e}", dir.display())))?;
+    Ok(dir)
+}
