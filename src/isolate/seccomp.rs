@@ -194,6 +194,7 @@ impl SeccompPolicy {
         let mut allow: Vec<String> = profile
             .syscalls
             .names_for(arch)
+            .into_iter()
             .map(str::to_owned)
             .collect();
         // The clone3 filter answers clone3; the allowlist must let it through (module docs).
