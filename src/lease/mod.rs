@@ -1,3 +1,12 @@
 //! Leases: the payload model, the DSSE envelope, keys, trust policies and verification.
+//!
+//! The order matters and is enforced in [`verify`]: bound the input, authenticate the exact
+//! bytes against a trust policy the caller owns, only then parse the payload and check it.
 
+mod atomic;
+pub mod envelope;
+pub mod keys;
 pub mod model;
+pub mod trust;
+pub mod units;
+pub mod verify;
