@@ -19,5 +19,8 @@
 //! binaries; the escape suite attacks a real sandbox as root and as an unprivileged user.
 
 pub mod exit;
+pub mod isolate;
 pub mod lease;
 pub mod paths;
+pub mod profile;
+pub mod sys;
