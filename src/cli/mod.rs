@@ -1,0 +1,4 @@
+//! Command-line front ends.
+
+pub mod result;
+pub mod run;
