@@ -115,6 +115,16 @@ fn run(
     })
 }
 
+/// (name, lease, host features, argv, expected exit code, text the message must contain)
+type Case = (
+    &'static str,
+    Lease,
+    HostFeatures,
+    &'static [&'static str],
+    u8,
+    &'static str,
+);
+
 #[test]
 fn refusals_table() {
     let blocked = HostFeatures {
@@ -135,8 +145,8 @@ fn refusals_table() {
         landlock: LandlockSupport::Available { abi: 2 },
         ..features()
     };
-    let ok_argv: &[&str] = &["/bin/sh", "-c", "true"];
-    let cases: Vec<(&str, Lease, HostFeatures, &[&str], u8, &str)> = vec![
+    let ok_argv: &'static [&'static str] = &["/bin/sh", "-c", "true"];
+    let cases: Vec<Case> = vec![
         (
             "argv not allowed",
             lease(json!({})),
