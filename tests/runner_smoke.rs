@@ -292,3 +292,81 @@ fn pinned_sha256_runs_only_the_matching_file() {
         );
     }
 }
+
+#[test]
+fn loopback_is_up_only_when_granted() {
+    let f = Fixture::new();
+    let script = "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\nc = socket.create_connection(s.getsockname())\nprint('connected')";
+    let cmd = json!([{"path": "/usr/bin/python3", "args": ["-c", "*"]}]);
+    let lo = f.lease("lo", cmd.clone(), json!({"network": "loopback"}));
+    let none = f.lease("none", cmd, json!({}));
+    for who in users() {
+        let out = f.run(who, &lo, &[], &["/usr/bin/python3", "-c", script]);
+        assert_eq!(out.status.code(), Some(0), "{who:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "connected\n");
+        let out = f.run(who, &none, &[], &["/usr/bin/python3", "-c", script]);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{who:?}: network none let an IP socket connect"
+        );
+        assert!(
+            text(&out.stderr).contains("PermissionError")
+                || text(&out.stderr).contains("Operation not permitted"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn interrupt_reaches_the_payload_group() {
+    let f = Fixture::new();
+    let lease = f.lease(
+        "int",
+        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
+        json!({}),
+    );
+    for who in users() {
+        let mut child = f
+            .command(who, &lease, &[], &["/bin/sh", "-c", "sleep 30"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        // SIGINT to calyx-run (the setpriv wrapper execs it, so the pid is the same).
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{who:?}");
+    }
+}
+
+#[test]
+fn setuid_calyx_run_refuses() {
+    let f = Fixture::new();
+    let copy = f.path("calyx-run-setuid");
+    std::fs::copy(env!("CARGO_BIN_EXE_calyx-run"), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&copy)
+        .args(["--lease", "/nonexistent", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    // A nosuid /tmp would make this test meaningless: insist the kernel honoured the bit.
+    let mounted_nosuid = text(&std::fs::read("/proc/self/mountinfo").unwrap())
+        .lines()
+        .any(|l| l.contains(" /tmp ") && l.contains("nosuid"));
+    assert!(
+        !mounted_nosuid,
+        "/tmp is nosuid on this host; the setuid test cannot run here"
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("setuid"),
+        "{}",
+        text(&out.stderr)
+    );
+}
