@@ -1,6 +1,8 @@
 //! Command-line front ends. Parsing here is pure (clap only); the work starts in `run`.
 
 pub mod calyx;
+pub mod result;
+pub mod run;
 mod calyx_issue;
 mod calyx_show;
 
