@@ -1,10 +1,10 @@
 //! Command-line front ends. Parsing here is pure (clap only); the work starts in `run`.
 
 pub mod calyx;
-pub mod result;
-pub mod run;
 mod calyx_issue;
 mod calyx_show;
+pub mod result;
+pub mod run;
 
 use std::path::Path;
 

@@ -223,7 +223,7 @@ def attempt(what, f):
 attempt("read {secret}", lambda: open("{secret}").read())
 attempt("write {outside}", lambda: open("{outside}", "w").write("x"))
 attempt("connect 127.0.0.1:{port}", lambda: socket.create_connection(("127.0.0.1", {port}), timeout=2))
-attempt("read the granted {input}", lambda: print("  granted read:", open("{input}").read().strip()))
+print("  read the granted {input}:", open("{input}").read().strip())
 "#,
         secret = p("host-secret.txt"),
         outside = p("outside.txt"),
@@ -237,10 +237,32 @@ attempt("read the granted {input}", lambda: print("  granted read:", open("{inpu
     header("the audit trail of these runs");
     let log = fs::read_to_string(&audit).map_err(|e| fail(format!("reading {audit}: {e}")))?;
     for line in log.lines() {
-        println!("  {line}");
+        println!("  {}", summarize(line));
     }
     println!("\ndemo finished: every refusal above happened, and the host is untouched");
     Ok(())
+}
+
+/// One audit line in brief: event, run, command and outcome (the full line is JSON).
+fn summarize(line: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return format!("(not JSON) {line}");
+    };
+    let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    let cmd = v["argv"][0].as_str().unwrap_or("-");
+    let mut out = format!("{:<22} {} {cmd}", s("event"), s("run_id"));
+    if let Some(o) = v["outcome"].as_str() {
+        out.push_str(&format!(" -> {o} (exit {})", v["exit_code"]));
+    }
+    let e = &v["enforcement"];
+    if let (Some(l), Some(ns)) = (e["landlock"].as_str(), e["namespaces"].as_array()) {
+        let seccomp = e["seccomp"].as_str().unwrap_or("-");
+        out.push_str(&format!(
+            " [{} namespaces; landlock {l}; seccomp {seccomp}]",
+            ns.len()
+        ));
+    }
+    out
 }
 
 /// Runs a step that must succeed, echoing the command.
@@ -296,13 +318,14 @@ fn write(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).map_err(|e| fail(format!("writing {}: {e}", path.display())))
 }
 
-/// A fresh directory under the system temp dir, traversable by the sandbox's user.
+/// A fresh directory under `target/`. Not under `/tmp`: the sandbox has a private `/tmp` of its
+/// own, so a path there would name the sandbox's scratch space, not the host's file.
 fn scratch_dir() -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("calyx-demo-{}-{nanos}", std::process::id()));
-    fs::create_dir(&dir).map_err(|e| fail(format!("mkdir {}: {e}", dir.display())))?;
+    let dir = repo_root().join(format!("target/demo-{}-{nanos}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| fail(format!("mkdir {}: {e}", dir.display())))?;
     Ok(dir)
 }
