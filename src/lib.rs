@@ -18,6 +18,9 @@
 //! fixture trees; process-wide mechanisms are tested in forked children or through the real
 //! binaries; the escape suite attacks a real sandbox as root and as an unprivileged user.
 
+pub mod cgroup;
 pub mod exit;
 pub mod lease;
 pub mod paths;
+pub mod sentinel;
+pub mod sys;
