@@ -108,9 +108,18 @@ pub enum Interest {
     Priority,
 }
 
-/// Wait until one of `fds` is ready or `timeout` passes; returns which were ready.
+/// The state of one fd after [`poll_fds`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// The awaited event happened.
+    pub event: bool,
+    /// Error or hang-up: the fd will stay ready, so the caller must stop waiting on it.
+    pub failed: bool,
+}
+
+/// Wait until one of `fds` is ready or `timeout` passes; returns each fd's state.
 /// EINTR counts as "nothing ready" so callers simply loop.
-pub fn poll_fds(fds: &[(BorrowedFd<'_>, Interest)], timeout: Duration) -> io::Result<Vec<bool>> {
+pub fn poll_fds(fds: &[(BorrowedFd<'_>, Interest)], timeout: Duration) -> io::Result<Vec<Ready>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|(fd, interest)| libc::pollfd {
@@ -131,9 +140,15 @@ pub fn poll_fds(fds: &[(BorrowedFd<'_>, Interest)], timeout: Duration) -> io::Re
     if rc < 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EINTR) {
-            return Ok(vec![false; pfds.len()]);
+            return Ok(vec![Ready::default(); pfds.len()]);
         }
         return Err(err);
     }
-    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+    Ok(pfds
+        .iter()
+        .map(|p| Ready {
+            event: p.revents & p.events != 0,
+            failed: p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0,
+        })
+        .collect())
 }
