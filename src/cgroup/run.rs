@@ -126,20 +126,24 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
     })
 }
 
-/// Write each planned value into `dir_for(controller)` and read it back.
+/// Write each planned value into `dir_for(controller)` and read it back. A swap limit the
+/// host cannot account is refused before anything is written.
 fn apply_writes<'a>(
     plan: &[LimitWrite],
     dir_for: impl Fn(&'static str) -> Result<&'a Path, CgroupError>,
 ) -> Result<(), CgroupError> {
     for w in plan {
-        let file = dir_for(w.controller)?.join(w.file);
-        if w.file == "memory.memsw.limit_in_bytes" && !file.exists() {
+        let swap_file = matches!(w.file, "memory.memsw.limit_in_bytes" | "memory.swap.max");
+        if swap_file && !dir_for(w.controller)?.join(w.file).exists() {
             return Err(CgroupError::Unsupported {
                 limit: "swap",
-                reason: "swap accounting is off (no memory.memsw.limit_in_bytes)",
+                reason: "swap accounting is off (no memory.memsw.limit_in_bytes or memory.swap.max)",
                 remedy: "boot with swapaccount=1, or drop the swap limit",
             });
         }
+    }
+    for w in plan {
+        let file = dir_for(w.controller)?.join(w.file);
         write_file(&file, &w.value)?;
         let read = read_file(&file)?;
         if !limits::verify(&w.expect, &read) {

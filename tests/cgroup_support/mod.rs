@@ -205,7 +205,8 @@ impl Drop for Run {
         for c in &mut self.children {
             let _ = c.kill();
         }
-        let _ = self.cg.kill(None);
+        let pid = self.children.first().map(Child::id);
+        let _ = self.cg.kill(pid);
         for c in &mut self.children {
             let _ = c.wait();
         }
