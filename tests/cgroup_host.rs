@@ -330,3 +330,47 @@ fn cpu_half_a_core_is_enforced() {
     assert!(used <= 1_100_000, "quota not enforced: {used} µs");
     assert!(used >= 500_000, "spin starved: {used} µs");
 }
+
+#[test]
+fn sentinel_freeze_action_leaves_the_run_frozen_and_resumable() {
+    let scratch = Scratch::new("sfreeze");
+    let mut run = Run::create(&scratch.layout, "sfreeze", &LimitSpec::default());
+    let pid = run.spawn_placed(&["sh", "-c", "read x; while :; do :; done"]);
+    let (tx, rx) = mpsc::channel();
+    let rule = HaltRule {
+        metric: HaltMetric::CpuSeconds,
+        above: 0.2,
+        for_ms: 0,
+        action: HaltAction::Freeze,
+    };
+    let config = WatchConfig {
+        rules: vec![rule],
+        rule_interval: Duration::from_millis(20),
+        monitor_interval: None,
+        kill_pid: Some(pid),
+        ..WatchConfig::default()
+    };
+    let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
+    run.release();
+    let event = rx.recv_timeout(Duration::from_secs(10)).expect("a halt");
+    let SentinelEvent::Halted { decision, applied } = &event else {
+        panic!("{event:?}")
+    };
+    assert!(matches!(applied, Applied::Frozen(_)), "{applied:?}");
+    assert!(decision.value > 0.2);
+    // Frozen: no CPU while a human decides, and the process is still there.
+    let before = cpu_usec(&run);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cpu_usec(&run) - before < 5_000);
+    assert!(run.cg.pids().unwrap().contains(&pid));
+    run.cg.thaw().unwrap();
+    let before = cpu_usec(&run);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cpu_usec(&run) - before > 20_000, "did not resume");
+    sentinel.stop();
+    // The rule stays fired while the breach lasts: no second freeze behind the human's back.
+    assert!(
+        rx.try_iter()
+            .all(|e| !matches!(e, SentinelEvent::Halted { .. }))
+    );
+}

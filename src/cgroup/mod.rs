@@ -123,6 +123,19 @@ pub enum CgroupError {
         /// What is wrong.
         problem: v2::DelegationProblem,
     },
+    /// A v1 hierarchy's parent cgroup is not writable by the caller.
+    #[error(
+        "cgroup v1 parent {path} is not writable by uid {uid}; v1 hierarchies are not delegated \
+         to unprivileged users. Remedy: run calyx-run as root, or on a cgroup v2 host with \
+         `systemd-run --user --scope -p Delegate=yes`, or pass --cgroup-parent naming a v1 \
+         cgroup chowned to you"
+    )]
+    V1NotWritable {
+        /// Parent directory.
+        path: PathBuf,
+        /// Caller.
+        uid: u32,
+    },
     /// A controller a limit needs is not available to the parent.
     #[error("controller {controller} is not available in {parent}; remedy: {remedy}")]
     ControllerUnavailable {

@@ -232,6 +232,16 @@ impl RunCgroup {
             if self.v1.iter().any(|mine| mine.controllers == h.controllers) {
                 continue;
             }
+            // Checked by ownership rather than by a failing mkdir, so the refusal names the
+            // remedy (and tests can inject the caller).
+            let writable =
+                v2::FileFacts::of(&h.dir).is_some_and(|f| f.writable_by(opts.uid, opts.gid));
+            if !writable {
+                return Err(CgroupError::V1NotWritable {
+                    path: h.dir.clone(),
+                    uid: opts.uid,
+                });
+            }
             let dir = h.dir.join(&self.name);
             mkdir(&dir)?;
             self.v1.push(Hierarchy {

@@ -18,7 +18,8 @@ pub struct FileFacts {
 }
 
 impl FileFacts {
-    fn of(path: &Path) -> Option<Self> {
+    /// Facts of `path`, `None` if it does not exist.
+    pub fn of(path: &Path) -> Option<Self> {
         let m = std::fs::metadata(path).ok()?;
         Some(Self {
             uid: m.uid(),
@@ -27,7 +28,8 @@ impl FileFacts {
         })
     }
 
-    fn writable_by(&self, uid: u32, gid: u32) -> bool {
+    /// True if `uid`/`gid` may write it (root always may).
+    pub fn writable_by(&self, uid: u32, gid: u32) -> bool {
         // Root passes DAC checks; a read-only mount still fails later, at mkdir.
         uid == 0
             || (self.uid == uid && self.mode & 0o200 != 0)
