@@ -20,6 +20,7 @@
 pub mod detect;
 pub mod limits;
 pub mod run;
+pub mod stale;
 pub mod v1;
 pub mod v2;
 
@@ -28,9 +29,8 @@ use std::path::PathBuf;
 
 pub use detect::{CgroupMode, Hierarchy, Layout};
 pub use limits::{DevNum, IoLimit, LimitSpec};
-pub use run::{
-    CreateOptions, FreezeMethod, Gap, KillMethod, RunCgroup, StaleReport, cleanup_stale,
-};
+pub use run::{CreateOptions, FreezeMethod, Gap, KillMethod, RunCgroup};
+pub use stale::{StaleReport, cleanup_stale};
 pub use v2::InternalProcessPolicy;
 
 /// Remedy printed when cgroup v2 is not delegated to an unprivileged caller.
