@@ -237,6 +237,12 @@ fn sentinel_halts_memory_hog_before_oom() {
     assert_eq!(decision.threshold, 90.0);
     assert!(decision.at_ms - decision.breach_since_ms >= 200);
     assert!(matches!(applied, Applied::Killed(_)), "{applied:?}");
+    let fields = halted[0].audit_fields();
+    assert_eq!(
+        (fields["threshold"].as_f64(), fields["applied"].as_str()),
+        (Some(90.0), Some("kill"))
+    );
+    assert_eq!(fields["rule"]["metric"], "memory_percent");
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     // Halted by the rule, not the OOM killer.
     let oom_kills = StatSource::of(&run.cg).read().unwrap().oom_kills;

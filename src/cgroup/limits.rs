@@ -442,6 +442,32 @@ mod tests {
     }
 
     #[test]
+    fn from_lease_limits() {
+        let lease = Limits {
+            memory_bytes: Some(MIB),
+            pids: Some(8),
+            cpu: Some(0.5),
+            io_bps: Some(5),
+            ..Limits::default()
+        };
+        let dev = DevNum { major: 8, minor: 0 };
+        let s = LimitSpec::from_lease(&lease, Some(dev)).unwrap();
+        assert_eq!(
+            (s.memory_max, s.pids_max, s.cpu),
+            (Some(MIB), Some(8), Some(0.5))
+        );
+        assert_eq!(
+            s.io,
+            Some(IoLimit {
+                device: dev,
+                bps: 5
+            })
+        );
+        // An io limit without a device to apply it to is an error, not a dropped limit.
+        assert!(LimitSpec::from_lease(&lease, None).is_err());
+    }
+
+    #[test]
     fn verify_table() {
         let exact = Expect::Exact("32".into());
         assert!(verify(&exact, "32\n"));

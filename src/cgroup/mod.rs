@@ -17,6 +17,21 @@
 //!   for `cgroup.kill`, `cgroup.events`, `cgroup.freeze` and PSI.
 //! - **legacy**: v1 only; kill is a sweep of the frozen v1 freezer cgroup, or the caller's pid.
 
+//! # Wiring (the runner's side)
+//!
+//! ```text
+//! let layout = Layout::discover(Path::new("/"), cgroup_parent)?;           // stage 3
+//! cleanup_stale(&layout, SystemTime::now(), Duration::from_secs(10))?;      // last run's leftovers
+//! let spec = LimitSpec::from_lease(&lease.limits, io_device)?;
+//! let cg = Arc::new(RunCgroup::create(&layout, &CreateOptions { run_id, limits: &spec, … })?);
+//! let fd = cg.cgroup_fd_for_clone_into()?;   // clone3(CLONE_INTO_CGROUP) where Some (stage 4)
+//! cg.add_pid(child_pid)?;                    // v1 hierarchies, or ENOSYS fallback; before release
+//! let sentinel = sentinel::watch::start(cg.clone(), config, tx)?;          // stage 7
+//! … wait …
+//! let usage = sentinel.stop();                                              // stage 15
+//! cg.kill(Some(child_pid))?; cg.remove()?;
+//! ```
+
 pub mod detect;
 pub mod limits;
 pub mod run;

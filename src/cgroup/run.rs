@@ -14,7 +14,7 @@ use super::v2::{self, DelegationProblem};
 use super::{CgroupError, read_file, v1, write_file};
 use crate::sys::cgroup_sys;
 
-/// Prefix of every cgroup calyx creates; [`cleanup_stale`] only ever touches these.
+/// Prefix of every cgroup calyx creates; [`cleanup_stale`](super::cleanup_stale) only ever touches these.
 pub const NAME_PREFIX: &str = "calyx-";
 
 /// v1 controllers joined for usage and control even when no limit needs them.

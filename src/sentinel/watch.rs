@@ -123,6 +123,41 @@ impl SentinelEvent {
             _ => "resource_event.MONITORED",
         }
     }
+
+    /// The event's own fields for the audit record (time, host and ids are the caller's).
+    pub fn audit_fields(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Self::Monitored {
+                at_ms,
+                sample,
+                warning,
+            } => {
+                json!({ "at_ms": at_ms, "sample": sample, "warning": warning })
+            }
+            Self::Halted { decision, applied } => {
+                let (action, method, error) = match applied {
+                    Applied::Frozen(m) => ("freeze", format!("{m:?}"), None),
+                    Applied::Killed(m) => ("kill", format!("{m:?}"), None),
+                    Applied::Failed(e) => ("failed", String::new(), Some(e.to_string())),
+                };
+                json!({
+                    "rule": decision.rule,
+                    "value": decision.value,
+                    "threshold": decision.threshold,
+                    "breach_since_ms": decision.breach_since_ms,
+                    "at_ms": decision.at_ms,
+                    "applied": action,
+                    "method": method,
+                    "error": error,
+                })
+            }
+            Self::ReadFailed(e) => json!({ "error": e.to_string() }),
+            Self::Degraded { what, path, source } => {
+                json!({ "degraded": what, "path": path, "error": source.to_string() })
+            }
+        }
+    }
 }
 
 /// Usage of the run, for the result and the receipt.
