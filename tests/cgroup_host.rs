@@ -331,10 +331,10 @@ fn cpu_half_a_core_is_enforced() {
     std::thread::sleep(Duration::from_secs(2));
     let used = cpu_usec(&run) - start;
     eprintln!("a 2 s spin under cpu = 0.5 used {used} µs");
-    // The quota caps it at 1 s (plus one period of slack); the lower bound is loose because
-    // the build host's two cores are shared.
+    // The quota caps it at 1 s (plus one period of slack). The lower bound only shows the
+    // spin ran: the build host's two cores are shared, so it may get less than its quota.
     assert!(used <= 1_100_000, "quota not enforced: {used} µs");
-    assert!(used >= 500_000, "spin starved: {used} µs");
+    assert!(used >= 100_000, "spin did not run: {used} µs");
 }
 
 #[test]

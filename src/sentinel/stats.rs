@@ -327,7 +327,64 @@ impl StatSource {
             .filter(|p| p.exists())
     }
 
-    /// Read one sample.
+    /// Read only what `metrics` need, taking the limits from `full` (an earlier full
+    /// sample: limits are written once, before the run starts). This is the sentinel's
+    /// frequent tick: one or two small files instead of a dozen.
+    pub fn read_metrics(
+        &self,
+        metrics: &[HaltMetric],
+        full: &Sample,
+    ) -> Result<Sample, SentinelError> {
+        let wants = |m: HaltMetric| metrics.contains(&m);
+        let (memory, pids, cpu, psi): (Option<&Path>, Option<&Path>, Option<&Path>, Option<&Path>) =
+            match self {
+                Self::V2 { dir } => (Some(dir), Some(dir), Some(dir), Some(dir)),
+                Self::V1 {
+                    memory,
+                    pids,
+                    cpuacct,
+                    v2,
+                    ..
+                } => (
+                    memory.as_deref(),
+                    pids.as_deref(),
+                    cpuacct.as_deref(),
+                    v2.as_deref(),
+                ),
+            };
+        let v2 = matches!(self, Self::V2 { .. });
+        let mut s = Sample {
+            memory_limit: full.memory_limit,
+            pids_limit: full.pids_limit,
+            ..Sample::default()
+        };
+        if wants(HaltMetric::MemoryPercent) {
+            s.memory_bytes = num(
+                memory,
+                if v2 {
+                    "memory.current"
+                } else {
+                    "memory.usage_in_bytes"
+                },
+            )?;
+        }
+        if wants(HaltMetric::PidsPercent) {
+            s.pids = num(pids, "pids.current")?;
+        }
+        if wants(HaltMetric::CpuSeconds) {
+            s.cpu_usec = if v2 {
+                keyed(cpu, "cpu.stat", "usage_usec")?
+            } else {
+                num(cpu, "cpuacct.usage")?.map(|ns| ns / 1000)
+            };
+        }
+        if wants(HaltMetric::MemoryPressureSomeAvg10) {
+            s.memory_pressure_some_avg10 = pressure(psi)?;
+        }
+        Ok(s)
+    }
+
+    /// Read one full sample.
     pub fn read(&self) -> Result<Sample, SentinelError> {
         match self {
             Self::V2 { dir } => {

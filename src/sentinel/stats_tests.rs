@@ -135,6 +135,20 @@ fn v2_sample_from_fixture_tree() {
     // A corrupt file is an error, not a silent zero.
     std::fs::write(dir.join("pids.current"), "lots\n").unwrap();
     assert!(src.read().is_err());
+    // The frequent tick reads only the rules' files and takes limits from the full sample.
+    let full = Sample {
+        memory_limit: Some(67_108_864),
+        ..Sample::default()
+    };
+    let quick = src
+        .read_metrics(&[HaltMetric::MemoryPercent, HaltMetric::CpuSeconds], &full)
+        .unwrap();
+    assert!((quick.metric(HaltMetric::MemoryPercent).unwrap() - 90.0).abs() < 0.01);
+    assert_eq!(
+        (quick.cpu_usec, quick.pids, quick.memory_peak),
+        (Some(1_500_000), None, None)
+    );
+    assert!(src.read_metrics(&[HaltMetric::PidsPercent], &full).is_err());
 }
 
 #[test]
@@ -190,5 +204,12 @@ fn v1_sample_from_fixture_tree() {
     assert_eq!((s.io_read_bytes, s.io_write_bytes), (Some(7), Some(9)));
     assert_eq!(s.memory_pressure_some_avg10, None);
     assert_eq!(src.event_files(), vec![p.join("pids.events")]);
+    let quick = src
+        .read_metrics(&[HaltMetric::MemoryPercent, HaltMetric::CpuSeconds], &s)
+        .unwrap();
+    assert_eq!(
+        (quick.metric(HaltMetric::MemoryPercent), quick.cpu_usec),
+        (Some(50.0), Some(2_500_000))
+    );
     assert_eq!(src.pressure_file(), None);
 }

@@ -21,7 +21,7 @@ use super::SentinelError;
 use super::rules::{Decision, Evaluator};
 use super::stats::{Sample, StatSource};
 use crate::cgroup::{CgroupError, FreezeMethod, KillMethod, RunCgroup};
-use crate::lease::model::{HaltAction, HaltRule};
+use crate::lease::model::{HaltAction, HaltMetric, HaltRule};
 use crate::sys::cgroup_sys::{self, Inotify, Interest};
 
 /// A PSI trigger: wake when tasks stall `stall_us` within `window_us`.
@@ -297,6 +297,9 @@ fn watch_loop(
     let mut killed = false;
     let rules_active = !config.rules.is_empty();
     let mut next_monitor = config.monitor_interval.map(|i| start + i);
+    let metrics: Vec<HaltMetric> = config.rules.iter().map(|r| r.metric).collect();
+    let mut last_full = Sample::default();
+    let mut first = true;
     loop {
         let now = Instant::now();
         // Sleep until the next rule tick, MONITORED sample or pending rule deadline.
@@ -342,13 +345,24 @@ fn watch_loop(
         if state(2).failed {
             psi = None;
         }
-        let mut sample = match source.read() {
+        // A full reading on events and MONITORED ticks; otherwise only the rules' files.
+        let full_due = first || state(1).event || next_monitor.is_some_and(|m| Instant::now() >= m);
+        let read = if full_due {
+            source.read()
+        } else {
+            source.read_metrics(&metrics, &last_full)
+        };
+        let mut sample = match read {
             Ok(s) => s,
             Err(e) => {
                 let _ = tx.send(SentinelEvent::ReadFailed(e));
                 continue;
             }
         };
+        if full_due {
+            last_full = sample.clone();
+            first = false;
+        }
         sample.output_bytes = config
             .output_bytes
             .as_ref()
