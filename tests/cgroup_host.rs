@@ -380,3 +380,76 @@ fn sentinel_freeze_action_leaves_the_run_frozen_and_resumable() {
             .all(|e| !matches!(e, SentinelEvent::Halted { .. }))
     );
 }
+
+/// Set in the re-executed copy of this test that runs as `nobody`.
+const AS_NOBODY: &str = "CALYX_CGROUP_TEST_AS_NOBODY";
+
+#[test]
+fn unprivileged_without_delegation_is_refused_with_remedy() {
+    use calyx::cgroup::{CgroupError, CreateOptions, InternalProcessPolicy, Layout, RunCgroup};
+    use calyx::sys::cgroup_sys;
+    if std::env::var_os(AS_NOBODY).is_some() {
+        // The child side: a real unprivileged caller against the real tree.
+        let layout = Layout::discover(Path::new("/"), None).unwrap();
+        let limits = LimitSpec {
+            memory_max: Some(64 * MIB),
+            ..LimitSpec::default()
+        };
+        let opts = CreateOptions {
+            run_id: "nobody",
+            limits: &limits,
+            internal: InternalProcessPolicy::Refuse,
+            uid: cgroup_sys::effective_uid(),
+            gid: cgroup_sys::effective_gid(),
+            page_size: cgroup_sys::page_size(),
+        };
+        let err = RunCgroup::create(&layout, &opts).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CgroupError::V1NotWritable { uid: 65534, .. }
+                    | CgroupError::NotDelegated { uid: 65534, .. }
+            ),
+            "{err}"
+        );
+        println!("REFUSED: {err}");
+        return;
+    }
+    assert_eq!(
+        cgroup_sys::effective_uid(),
+        0,
+        "this test drops from root to nobody"
+    );
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "unprivileged_without_delegation_is_refused_with_remedy",
+            "--nocapture",
+        ])
+        .env(AS_NOBODY, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "{}",
+        stdout
+            .lines()
+            .find(|l| l.starts_with("REFUSED"))
+            .unwrap_or("")
+    );
+    assert!(
+        stdout.contains("REFUSED: ") && stdout.contains("Delegate=yes"),
+        "{stdout}"
+    );
+    let layout = cgroup_support::host_layout();
+    for parent in layout.v2.iter().chain(layout.v1.iter().map(|h| &h.dir)) {
+        assert!(!parent.join("calyx-nobody").exists());
+    }
+}
