@@ -31,6 +31,9 @@ impl Decision {
     }
 }
 
+/// Below this fraction of every threshold the watcher considers the run calm.
+pub const CALM_FRACTION: f64 = 0.5;
+
 /// Severity order of actions: kill > freeze > warn.
 pub fn severity(a: HaltAction) -> u8 {
     match a {
@@ -91,6 +94,19 @@ impl Evaluator {
         }
         out.sort_by_key(|d| std::cmp::Reverse(severity(d.action())));
         out
+    }
+
+    /// True when no rule is near firing: no breach pending and every metric under
+    /// [`CALM_FRACTION`] of its threshold. The watcher then samples less often, which is what
+    /// keeps an idle sentinel's cost negligible; the kernel's own limits (memory.max,
+    /// pids.max) bound what a sudden jump can do in between.
+    pub fn is_calm(&self, sample: &Sample) -> bool {
+        self.rules.iter().zip(&self.state).all(|(r, st)| {
+            st.since.is_none()
+                && sample
+                    .metric(r.metric)
+                    .is_none_or(|v| v < r.above * CALM_FRACTION)
+        })
     }
 
     /// The earliest time a pending breach would fire if it lasts, so the watcher can wake
@@ -230,6 +246,29 @@ mod tests {
             (100.0, 95.0, 10, 210)
         );
         assert_eq!(ev.next_deadline(), None);
+    }
+
+    #[test]
+    fn calm_table() {
+        let mut ev = Evaluator::new(vec![rule(
+            HaltMetric::MemoryPercent,
+            90.0,
+            500,
+            HaltAction::Kill,
+        )]);
+        assert!(ev.is_calm(&mem(10)));
+        assert!(
+            ev.is_calm(&Sample::default()),
+            "no metric, nothing to watch closely"
+        );
+        assert!(
+            !ev.is_calm(&mem(45)),
+            "at half the threshold: watch closely"
+        );
+        ev.observe(0, &mem(95));
+        assert!(!ev.is_calm(&mem(10)), "a pending breach is never calm");
+        ev.observe(10, &mem(10));
+        assert!(ev.is_calm(&mem(10)));
     }
 
     #[test]

@@ -47,8 +47,11 @@ impl Default for PsiTrigger {
 pub struct WatchConfig {
     /// Effective halt rules (see [`super::policy::merge`]).
     pub rules: Vec<HaltRule>,
-    /// Sampling interval while rules are active.
+    /// Sampling interval while rules are active. The default, 25 ms, keeps a halt within
+    /// tens of ms of the breach (tick phase plus kill) while a tick reads one or two files.
     pub rule_interval: Duration,
+    /// Sampling interval while every rule is calm (see [`Evaluator::is_calm`]).
+    pub calm_interval: Duration,
     /// Interval of `resource_event.MONITORED` samples; `None` for none.
     pub monitor_interval: Option<Duration>,
     /// PSI trigger on memory.pressure, where the cgroup has one.
@@ -63,7 +66,8 @@ impl Default for WatchConfig {
     fn default() -> Self {
         Self {
             rules: Vec::new(),
-            rule_interval: Duration::from_millis(50),
+            rule_interval: Duration::from_millis(25),
+            calm_interval: Duration::from_millis(100),
             monitor_interval: Some(Duration::from_secs(5)),
             psi_trigger: Some(PsiTrigger::default()),
             kill_pid: None,
@@ -300,11 +304,17 @@ fn watch_loop(
     let metrics: Vec<HaltMetric> = config.rules.iter().map(|r| r.metric).collect();
     let mut last_full = Sample::default();
     let mut first = true;
+    let mut calm = false;
     loop {
         let now = Instant::now();
         // Sleep until the next rule tick, MONITORED sample or pending rule deadline.
+        let tick = if calm {
+            config.calm_interval
+        } else {
+            config.rule_interval
+        };
         let mut wake = if rules_active && !killed {
-            now + config.rule_interval
+            now + tick
         } else {
             now + Duration::from_secs(3600)
         };
@@ -370,7 +380,9 @@ fn watch_loop(
         usage.update(&sample);
         let at_ms = ms(start.elapsed());
         if !killed {
-            for d in evaluator.observe(at_ms, &sample) {
+            let decisions = evaluator.observe(at_ms, &sample);
+            calm = evaluator.is_calm(&sample);
+            for d in decisions {
                 let applied = match d.action() {
                     HaltAction::Warn => {
                         let _ = tx.send(SentinelEvent::Monitored {
