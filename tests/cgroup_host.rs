@@ -453,3 +453,55 @@ fn unprivileged_without_delegation_is_refused_with_remedy() {
         assert!(!parent.join("calyx-nobody").exists());
     }
 }
+
+/// Regression: page cache counted as memory use made the default rule (90 % for 500 ms) kill
+/// a payload that only wrote a file larger than its limit. The working set excludes the
+/// reclaimable inactive file cache.
+#[test]
+fn writing_a_large_file_is_not_a_memory_breach() {
+    let scratch = Scratch::new("pagecache");
+    let limits = LimitSpec {
+        memory_max: Some(64 * MIB),
+        ..LimitSpec::default()
+    };
+    let mut run = Run::create(&scratch.layout, "pagecache", &limits);
+    // On disk: on tmpfs the file's pages are shared memory, real use that must count.
+    let dir = Path::new("/var/tmp");
+    if io_device_for_path(dir, Path::new("/sys")).is_err() {
+        assert!(!in_ci(), "/var/tmp is not on a block device here");
+        eprintln!("SKIP (counted): /var/tmp is not on a block device");
+        return;
+    }
+    let file = dir.join(format!("calyx-pagecache-{}", std::process::id()));
+    // The cache stays charged to the cgroup after dd: the sleep keeps the run alive past the
+    // rule's 500 ms with the raw figure near 100 %.
+    let script = format!(
+        "read x; dd if=/dev/zero of={} bs=1M count=256 status=none && sleep 1",
+        file.display()
+    );
+    let pid = run.spawn_placed(&["sh", "-c", &script]);
+    let (tx, rx) = mpsc::channel();
+    let rules = calyx::sentinel::policy::HaltPolicy::builtin()
+        .unwrap()
+        .rules;
+    let config = WatchConfig {
+        rules,
+        kill_pid: Some(pid),
+        monitor_interval: None,
+        ..WatchConfig::default()
+    };
+    let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
+    run.release();
+    let status = run.wait(0, Duration::from_secs(60)).expect("dd finished");
+    let usage = sentinel.stop();
+    let _ = std::fs::remove_file(&file);
+    let halts: Vec<SentinelEvent> = rx
+        .try_iter()
+        .filter(|e| e.event_name() == "resource_event.HALTED")
+        .collect();
+    assert!(halts.is_empty(), "{halts:?}");
+    assert!(status.success(), "{status:?}");
+    eprintln!("256 MiB written under a 64 MiB limit; usage {usage:?}");
+    // The raw figure did reach the limit's neighbourhood: the test exercised the cache case.
+    assert!(usage.memory_peak.unwrap() > 48 * MIB, "{usage:?}");
+}

@@ -14,6 +14,9 @@ use crate::lease::model::HaltMetric;
 /// anything at or above 2^62 bytes is treated as unlimited.
 const V1_UNLIMITED: u64 = 1 << 62;
 
+/// Raw memory percentage from which the frequent tick also reads memory.stat.
+const STAT_CHECK_PERCENT: f64 = 50.0;
+
 fn bad(what: &'static str, text: &str) -> SentinelError {
     SentinelError::Parse {
         what,
@@ -169,8 +172,11 @@ pub fn parse_psi(text: &str) -> Result<Psi, SentinelError> {
 /// One reading of a run's cgroup. `None` means the host does not offer that figure.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Sample {
-    /// Memory in use (bytes).
+    /// Memory in use (bytes), page cache included (memory.current, memory.usage_in_bytes).
     pub memory_bytes: Option<u64>,
+    /// Inactive file cache (bytes) from memory.stat: reclaimable, so not part of the working
+    /// set that `memory_percent` measures.
+    pub memory_inactive_file: Option<u64>,
     /// Memory limit (bytes), if any.
     pub memory_limit: Option<u64>,
     /// Peak memory (bytes).
@@ -198,6 +204,14 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// Memory in use minus the inactive file cache. A payload that merely writes files fills
+    /// its cgroup with page cache up to the limit (the kernel reclaims it on demand); counting
+    /// that would halt every `cp` of a large file.
+    pub fn working_set(&self) -> Option<u64> {
+        self.memory_bytes
+            .map(|b| b.saturating_sub(self.memory_inactive_file.unwrap_or(0)))
+    }
+
     /// The value a halt rule compares, if this sample has it.
     #[allow(clippy::cast_precision_loss)] // byte counts far below 2^52 in practice
     pub fn metric(&self, m: HaltMetric) -> Option<f64> {
@@ -206,7 +220,7 @@ impl Sample {
             _ => None,
         };
         match m {
-            HaltMetric::MemoryPercent => percent(self.memory_bytes, self.memory_limit),
+            HaltMetric::MemoryPercent => percent(self.working_set(), self.memory_limit),
             HaltMetric::PidsPercent => percent(self.pids, self.pids_limit),
             HaltMetric::CpuSeconds => self.cpu_usec.map(|u| u as f64 / 1e6),
             HaltMetric::MemoryPressureSomeAvg10 => self.memory_pressure_some_avg10,
@@ -271,6 +285,19 @@ fn keyed(dir: Option<&Path>, file: &'static str, key: &str) -> Result<Option<u64
         return Ok(None);
     };
     Ok(parse_flat_keyed(file, &text)?.get(key).copied())
+}
+
+/// Inactive file cache from memory.stat (v1: the hierarchical `total_` figure).
+fn inactive_file(dir: Option<&Path>, v2: bool) -> Result<Option<u64>, SentinelError> {
+    keyed(
+        dir,
+        "memory.stat",
+        if v2 {
+            "inactive_file"
+        } else {
+            "total_inactive_file"
+        },
+    )
 }
 
 fn pressure(dir: Option<&Path>) -> Result<Option<f64>, SentinelError> {
@@ -368,6 +395,13 @@ impl StatSource {
                 },
             )?;
         }
+        // memory.stat is a long file: read it only when the raw figure is high enough for
+        // the cache to matter.
+        if s.metric(HaltMetric::MemoryPercent)
+            .is_some_and(|p| p >= STAT_CHECK_PERCENT)
+        {
+            s.memory_inactive_file = inactive_file(memory, v2)?;
+        }
         if wants(HaltMetric::PidsPercent) {
             s.pids = num(pids, "pids.current")?;
         }
@@ -395,6 +429,7 @@ impl StatSource {
                 let sum = |f: fn(&IoCounters) -> u64| io.as_ref().map(|m| m.values().map(f).sum());
                 Ok(Sample {
                     memory_bytes: num(d, "memory.current")?,
+                    memory_inactive_file: inactive_file(d, true)?,
                     memory_limit: limit(d, "memory.max")?,
                     memory_peak: num(d, "memory.peak")?,
                     oom_kills: keyed(d, "memory.events", "oom_kill")?,
@@ -425,6 +460,7 @@ impl StatSource {
                 };
                 Ok(Sample {
                     memory_bytes: num(m, "memory.usage_in_bytes")?,
+                    memory_inactive_file: inactive_file(m, false)?,
                     memory_limit: limit(m, "memory.limit_in_bytes")?,
                     memory_peak: num(m, "memory.max_usage_in_bytes")?,
                     oom_kills: keyed(m, "memory.oom_control", "oom_kill")?,

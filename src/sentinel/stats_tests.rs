@@ -129,6 +129,18 @@ fn v2_sample_from_fixture_tree() {
     );
     assert_eq!(src.event_files().len(), 3);
     assert_eq!(src.pressure_file(), Some(dir.join("memory.pressure")));
+    // Inactive file cache is reclaimable: not counted against the limit.
+    std::fs::write(
+        dir.join("memory.stat"),
+        "anon 1000\nfile 50000000\ninactive_file 26843546\nactive_file 100\n",
+    )
+    .unwrap();
+    let s = src.read().unwrap();
+    assert_eq!(s.memory_inactive_file, Some(26_843_546));
+    assert!((s.metric(HaltMetric::MemoryPercent).unwrap() - 50.0).abs() < 0.01);
+    let quick = src.read_metrics(&[HaltMetric::MemoryPercent], &s).unwrap();
+    assert_eq!(quick.working_set(), s.working_set());
+    std::fs::remove_file(dir.join("memory.stat")).unwrap();
     // No memory limit: no percentage, so memory_percent rules cannot fire on a bogus figure.
     std::fs::write(dir.join("memory.max"), "max\n").unwrap();
     assert_eq!(src.read().unwrap().metric(HaltMetric::MemoryPercent), None);
@@ -170,6 +182,11 @@ fn v1_sample_from_fixture_tree() {
             (
                 "memory.oom_control",
                 "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            ),
+            // v1 counts the hierarchical total_inactive_file, not the local figure.
+            (
+                "memory.stat",
+                "cache 0\nrss 0\ninactive_file 999\ntotal_inactive_file 0\n",
             ),
         ],
     );
