@@ -163,3 +163,40 @@ fn halt_lands_within_tens_of_ms_of_the_breach() {
         "halt took {latency:?}"
     );
 }
+
+/// A cgroup removed under a running sentinel (its PSI fd then reports an error on every
+/// poll) must not turn the watcher into a busy loop or a flood of events.
+#[test]
+fn sentinel_stays_quiet_when_its_cgroup_vanishes() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let scratch = Scratch::new("vanish");
+    let run = Run::create(
+        &scratch.layout,
+        "vanish",
+        &LimitSpec {
+            pids_max: Some(8),
+            ..LimitSpec::default()
+        },
+    );
+    let (tx, rx) = mpsc::channel();
+    let config = WatchConfig {
+        rules: HaltPolicy::builtin().unwrap().rules,
+        ..WatchConfig::default()
+    };
+    let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    run.cg.remove().unwrap();
+    let before = sentinel_cpu_ns();
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = sentinel_cpu_ns() - before;
+    sentinel.stop();
+    let events: Vec<SentinelEvent> = rx.try_iter().collect();
+    eprintln!(
+        "after removal: {} µs CPU in 500 ms, events {events:?}",
+        spent / 1000
+    );
+    assert!(spent < 10_000_000, "busy after removal: {spent} ns");
+    assert!(events.len() <= 2, "{events:?}");
+}

@@ -305,6 +305,7 @@ fn watch_loop(
     let mut last_full = Sample::default();
     let mut first = true;
     let mut calm = false;
+    let mut read_failing = false;
     loop {
         let now = Instant::now();
         // Sleep until the next rule tick, MONITORED sample or pending rule deadline.
@@ -363,9 +364,18 @@ fn watch_loop(
             source.read_metrics(&metrics, &last_full)
         };
         let mut sample = match read {
-            Ok(s) => s,
+            Ok(s) => {
+                read_failing = false;
+                s
+            }
             Err(e) => {
-                let _ = tx.send(SentinelEvent::ReadFailed(e));
+                // Report the first failure of a streak only: a cgroup removed under a running
+                // sentinel must not flood the channel every tick.
+                if !read_failing {
+                    let _ = tx.send(SentinelEvent::ReadFailed(e));
+                }
+                read_failing = true;
+                calm = true;
                 continue;
             }
         };
