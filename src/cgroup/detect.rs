@@ -250,12 +250,20 @@ pub fn locate(
             controllers: entry.controllers.join(","),
             cgroup: cgroup.to_owned(),
         })?;
-        if parent.is_some() && !dir.is_dir() {
+        let tracking_only = !is_v2 && entry.controllers.iter().all(|c| c.starts_with("name="));
+        if tracking_only {
+            // name=systemd and the like carry no controller: calyx never uses them.
+            continue;
+        }
+        // An explicit parent must exist where it carries limits; on hybrid hosts the v2
+        // companion is optional and its absence is reported as a gap at creation.
+        let optional = is_v2 && mode == CgroupMode::Hybrid;
+        if parent.is_some() && !optional && !dir.is_dir() {
             return Err(CgroupError::ParentMissing { path: dir });
         }
         if is_v2 {
             layout.v2 = Some(dir);
-        } else if entry.controllers.iter().any(|c| !c.starts_with("name=")) {
+        } else {
             layout.v1.push(Hierarchy {
                 controllers: entry.controllers.clone(),
                 dir,
@@ -396,5 +404,21 @@ mod tests {
         assert_eq!(l.v2, Some(dir.path().join("sys/fs/cgroup/calyx.slice")));
         let err = locate(dir.path(), UNIFIED, "0::/x\n", Some("/nope")).unwrap_err();
         assert!(matches!(err, CgroupError::ParentMissing { .. }));
+        // Hybrid: the v1 parents must exist, the v2 companion's and name=systemd's need not.
+        for h in ["cpu", "cpuacct", "memory", "freezer", "blkio", "pids"] {
+            std::fs::create_dir_all(dir.path().join("sys/fs/cgroup").join(h).join("calyx.slice"))
+                .unwrap();
+        }
+        let l = locate(dir.path(), HYBRID, HYBRID_CGROUP, Some("/calyx.slice")).unwrap();
+        assert_eq!(l.v1.len(), 6);
+        assert_eq!(
+            l.v2,
+            Some(dir.path().join("sys/fs/cgroup/unified/calyx.slice"))
+        );
+        std::fs::remove_dir(dir.path().join("sys/fs/cgroup/pids/calyx.slice")).unwrap();
+        let err = locate(dir.path(), HYBRID, HYBRID_CGROUP, Some("/calyx.slice")).unwrap_err();
+        assert!(
+            matches!(err, CgroupError::ParentMissing { ref path } if path.ends_with("pids/calyx.slice"))
+        );
     }
 }
