@@ -19,6 +19,7 @@
 //! binaries; the escape suite attacks a real sandbox as root and as an unprivileged user.
 
 pub mod audit;
+pub mod cgroup;
 pub mod cli;
 pub mod exit;
 pub mod features;
@@ -27,5 +28,6 @@ pub mod lease;
 pub mod paths;
 pub mod plan;
 pub mod profile;
+pub mod sentinel;
 pub mod stage;
 pub mod sys;

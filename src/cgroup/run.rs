@@ -1,0 +1,483 @@
+//! One run's cgroup: created with its limits (each read back), the sandbox placed in it,
+//! frozen, killed and removed; plus the clean-up of cgroups a killed runner left behind.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::detect::{CgroupMode, Hierarchy, Layout};
+use super::limits::{self, LimitSpec, LimitWrite};
+pub use super::v2::InternalProcessPolicy;
+use super::v2::{self, DelegationProblem};
+use super::{CgroupError, read_file, v1, write_file};
+use crate::sys::cgroup_sys;
+
+/// Prefix of every cgroup calyx creates; [`cleanup_stale`](super::cleanup_stale) only ever touches these.
+pub const NAME_PREFIX: &str = "calyx-";
+
+/// v1 controllers joined for usage and control even when no limit needs them.
+const V1_MONITOR: &[&str] = &["memory", "pids", "cpuacct", "blkio", "freezer"];
+/// v2 controllers enabled for usage even when no limit needs them.
+const V2_MONITOR: &[&str] = &["memory", "pids"];
+
+/// Inputs of [`RunCgroup::create`].
+#[derive(Debug, Clone)]
+pub struct CreateOptions<'a> {
+    /// The run id; the cgroup is named `calyx-<run id>`.
+    pub run_id: &'a str,
+    /// Limits to write and read back.
+    pub limits: &'a LimitSpec,
+    /// What to do when the v2 parent holds this process.
+    pub internal: InternalProcessPolicy,
+    /// Caller's effective uid and gid (from [`cgroup_sys`] in production; injected in tests).
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// Memory page size; limits are written in page multiples.
+    pub page_size: u64,
+}
+
+/// Something the run cgroup does without, reported rather than silent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gap {
+    /// Hybrid host whose unified tree is not writable: no cgroup.kill, events or PSI.
+    NoV2Companion(DelegationProblem),
+    /// A controller used only for usage figures is not available.
+    NoMonitor(&'static str),
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Gap::NoV2Companion(p) => write!(
+                f,
+                "no v2 cgroup next to v1 ({p}): no cgroup.kill, cgroup.events or PSI"
+            ),
+            Gap::NoMonitor(c) => write!(f, "controller {c} unavailable: its usage is not reported"),
+        }
+    }
+}
+
+/// Which way [`RunCgroup::kill`] killed the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillMethod {
+    /// `cgroup.kill`: every process of the cgroup, atomically.
+    CgroupKill,
+    /// v1 freezer: froze, SIGKILLed each listed process, thawed.
+    FreezerSweep {
+        /// Processes signalled.
+        signalled: usize,
+    },
+    /// SIGKILL to the pid the caller gave (pid 1 of the sandbox: its death ends the pid
+    /// namespace, which kills the rest).
+    Pid(u32),
+}
+
+/// Which mechanism froze or thawed the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreezeMethod {
+    /// v2 `cgroup.freeze`.
+    V2,
+    /// v1 `freezer.state`.
+    V1Freezer,
+}
+
+/// A created run cgroup. Remove it with [`RunCgroup::remove`] once the run is over.
+#[derive(Debug)]
+pub struct RunCgroup {
+    name: String,
+    mode: CgroupMode,
+    v2: Option<PathBuf>,
+    v1: Vec<Hierarchy>,
+    gaps: Vec<Gap>,
+}
+
+/// `calyx-<run id>`, refusing ids that could name another directory.
+pub fn run_cgroup_name(run_id: &str) -> Result<String, CgroupError> {
+    let bad = |reason| CgroupError::InvalidRunId {
+        id: run_id.to_owned(),
+        reason,
+    };
+    if run_id.is_empty() || run_id.len() > 64 {
+        return Err(bad("must be 1 to 64 characters"));
+    }
+    if run_id.starts_with('.') {
+        return Err(bad(
+            "must not start with a dot (no `.`, `..` or hidden names)",
+        ));
+    }
+    if !run_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(bad(
+            "only ASCII letters, digits, `-`, `_` and `.` are allowed (no `/`)",
+        ));
+    }
+    Ok(format!("{NAME_PREFIX}{run_id}"))
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    std::fs::create_dir(path).map_err(|source| CgroupError::Create {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Write each planned value into `dir_for(controller)` and read it back. A swap limit the
+/// host cannot account is refused before anything is written.
+fn apply_writes<'a>(
+    plan: &[LimitWrite],
+    dir_for: impl Fn(&'static str) -> Result<&'a Path, CgroupError>,
+) -> Result<(), CgroupError> {
+    for w in plan {
+        let swap_file = matches!(w.file, "memory.memsw.limit_in_bytes" | "memory.swap.max");
+        if swap_file && !dir_for(w.controller)?.join(w.file).exists() {
+            return Err(CgroupError::Unsupported {
+                limit: "swap",
+                reason: "swap accounting is off (no memory.memsw.limit_in_bytes or memory.swap.max)",
+                remedy: "boot with swapaccount=1, or drop the swap limit",
+            });
+        }
+    }
+    for w in plan {
+        let file = dir_for(w.controller)?.join(w.file);
+        write_file(&file, &w.value)?;
+        let read = read_file(&file)?;
+        if !limits::verify(&w.expect, &read) {
+            return Err(CgroupError::LimitNotApplied {
+                file,
+                written: w.value.clone(),
+                read,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl RunCgroup {
+    /// Create the run's cgroup under `layout` with `opts.limits` applied and verified. On
+    /// error everything created so far is removed again.
+    pub fn create(layout: &Layout, opts: &CreateOptions<'_>) -> Result<Self, CgroupError> {
+        let name = run_cgroup_name(opts.run_id)?;
+        let mut run = Self {
+            name,
+            mode: layout.mode,
+            v2: None,
+            v1: Vec::new(),
+            gaps: Vec::new(),
+        };
+        let result = match layout.mode {
+            CgroupMode::Unified => run.create_unified(layout, opts),
+            CgroupMode::Hybrid | CgroupMode::Legacy => run.create_v1(layout, opts),
+        };
+        if let Err(e) = result {
+            // The original error matters more than a failure to clean up after it.
+            let _ = run.remove();
+            return Err(e);
+        }
+        Ok(run)
+    }
+
+    fn create_unified(
+        &mut self,
+        layout: &Layout,
+        opts: &CreateOptions<'_>,
+    ) -> Result<(), CgroupError> {
+        let parent = layout.v2.as_deref().ok_or(CgroupError::NoCgroupFs)?;
+        v2::check_delegation(parent, opts.uid, opts.gid)?;
+        let plan = limits::plan_v2(opts.limits, opts.page_size)?;
+        let state = v2::parent_state(parent)?;
+        // Limits need their controllers; usage controllers are added when the parent has them.
+        let mut needed: Vec<&str> = plan.iter().map(|w| w.controller).collect();
+        for c in V2_MONITOR {
+            if state.available.iter().any(|a| a == c) {
+                needed.push(c);
+            } else {
+                self.gaps.push(Gap::NoMonitor(c));
+            }
+        }
+        needed.sort_unstable();
+        needed.dedup();
+        let enable = v2::plan_enable(&needed, parent, &state, std::process::id(), opts.internal)?;
+        v2::apply_enable(parent, &enable)?;
+        let dir = parent.join(&self.name);
+        mkdir(&dir)?;
+        self.v2 = Some(dir.clone());
+        apply_writes(&plan, |_| Ok(dir.as_path()))
+    }
+
+    fn create_v1(&mut self, layout: &Layout, opts: &CreateOptions<'_>) -> Result<(), CgroupError> {
+        let plan = limits::plan_v1(opts.limits, opts.page_size)?;
+        // Every limit's controller must exist; a missing one refuses the run.
+        for w in &plan {
+            if layout.v1_for(w.controller).is_none() {
+                return Err(CgroupError::Unsupported {
+                    limit: w.controller,
+                    reason: "its v1 controller is not mounted",
+                    remedy: "mount the controller, or drop the limit",
+                });
+            }
+        }
+        let mut wanted: Vec<&'static str> = plan.iter().map(|w| w.controller).collect();
+        wanted.extend(V1_MONITOR.iter().copied());
+        for c in wanted {
+            let Some(h) = layout.v1_for(c) else {
+                self.gaps.push(Gap::NoMonitor(c));
+                continue;
+            };
+            // Hierarchies carrying several controllers (cpu,cpuacct) get one directory.
+            if self.v1.iter().any(|mine| mine.controllers == h.controllers) {
+                continue;
+            }
+            // Checked by ownership rather than by a failing mkdir, so the refusal names the
+            // remedy (and tests can inject the caller).
+            let writable =
+                v2::FileFacts::of(&h.dir).is_some_and(|f| f.writable_by(opts.uid, opts.gid));
+            if !writable {
+                return Err(CgroupError::V1NotWritable {
+                    path: h.dir.clone(),
+                    uid: opts.uid,
+                });
+            }
+            let dir = h.dir.join(&self.name);
+            mkdir(&dir)?;
+            self.v1.push(Hierarchy {
+                controllers: h.controllers.clone(),
+                dir,
+            });
+        }
+        self.gaps.dedup();
+        let v1 = &self.v1;
+        apply_writes(&plan, |c| {
+            v1.iter()
+                .find(|h| h.has(c))
+                .map(|h| h.dir.as_path())
+                .ok_or(CgroupError::Unsupported {
+                    limit: c,
+                    reason: "its v1 controller is not mounted",
+                    remedy: "mount the controller, or drop the limit",
+                })
+        })?;
+        // Hybrid: a v2 companion brings cgroup.kill, cgroup.events and PSI where we may write.
+        if let Some(parent) = layout.v2.as_deref() {
+            match v2::delegation_verdict(&v2::DelegationFacts::of(parent), opts.uid, opts.gid) {
+                Ok(()) => {
+                    let dir = parent.join(&self.name);
+                    mkdir(&dir)?;
+                    self.v2 = Some(dir);
+                }
+                Err(problem) => self.gaps.push(Gap::NoV2Companion(problem)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The cgroup name (`calyx-<run id>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Host mode the cgroup was created in.
+    pub fn mode(&self) -> CgroupMode {
+        self.mode
+    }
+
+    /// The v2 directory: primary on unified hosts, companion on hybrid ones.
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.v2.as_deref()
+    }
+
+    /// The v1 directory carrying `controller`.
+    pub fn v1_dir(&self, controller: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|h| h.has(controller))
+            .map(|h| h.dir.as_path())
+    }
+
+    /// What this cgroup does without (to report in the run result).
+    pub fn gaps(&self) -> &[Gap] {
+        &self.gaps
+    }
+
+    /// An `O_DIRECTORY` fd of the v2 cgroup for `clone3(CLONE_INTO_CGROUP)`, so the sandbox
+    /// is accounted from its first instruction. `None` when there is no v2 cgroup. On hybrid
+    /// hosts the v1 hierarchies still need [`RunCgroup::add_pid`] before the child is released.
+    pub fn cgroup_fd_for_clone_into(&self) -> Result<Option<OwnedFd>, CgroupError> {
+        let Some(dir) = &self.v2 else { return Ok(None) };
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir)
+            .map_err(|source| CgroupError::Open {
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(Some(file.into()))
+    }
+
+    /// Move `pid` (a process the caller started) into every hierarchy of the run. Writing a
+    /// pid already in place is harmless, so this also completes a CLONE_INTO_CGROUP.
+    pub fn add_pid(&self, pid: u32) -> Result<(), CgroupError> {
+        let value = pid.to_string();
+        for dir in self.v2.iter().chain(self.v1.iter().map(|h| &h.dir)) {
+            write_file(&dir.join("cgroup.procs"), &value)?;
+        }
+        Ok(())
+    }
+
+    /// Processes of the run (from the v2 cgroup, else the first v1 hierarchy).
+    pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
+        let Some(dir) = self.v2.as_ref().or(self.v1.first().map(|h| &h.dir)) else {
+            return Ok(Vec::new());
+        };
+        Ok(super::parse_pids(&read_file(&dir.join("cgroup.procs"))?))
+    }
+
+    /// True while any process is in the run's cgroup.
+    pub fn populated(&self) -> Result<bool, CgroupError> {
+        match &self.v2 {
+            Some(dir) => {
+                Ok(events_field(&read_file(&dir.join("cgroup.events"))?, "populated") == Some(1))
+            }
+            None => Ok(!self.pids()?.is_empty()),
+        }
+    }
+
+    /// Kill every process of the run: `cgroup.kill` where it exists, else the v1 freezer
+    /// sweep, else SIGKILL to `pid` (pid 1 of the sandbox, whose death empties its pid
+    /// namespace). Says which was used.
+    pub fn kill(&self, pid: Option<u32>) -> Result<KillMethod, CgroupError> {
+        if let Some(dir) = &self.v2 {
+            let file = dir.join("cgroup.kill");
+            if file.exists() {
+                write_file(&file, "1")?;
+                return Ok(KillMethod::CgroupKill);
+            }
+        }
+        if let Some(dir) = self.v1_dir("freezer") {
+            return Ok(KillMethod::FreezerSweep {
+                signalled: v1::frozen_sweep(dir)?,
+            });
+        }
+        let pid = pid.ok_or_else(|| CgroupError::NoKillMethod {
+            name: self.name.clone(),
+        })?;
+        cgroup_sys::sigkill_pid(pid).map_err(|source| CgroupError::Signal { pid, source })?;
+        Ok(KillMethod::Pid(pid))
+    }
+
+    /// Freeze the run and wait until the kernel reports it frozen.
+    pub fn freeze(&self) -> Result<FreezeMethod, CgroupError> {
+        self.set_frozen(true)
+    }
+
+    /// Thaw a frozen run.
+    pub fn thaw(&self) -> Result<FreezeMethod, CgroupError> {
+        self.set_frozen(false)
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<FreezeMethod, CgroupError> {
+        if let Some(dir) = self
+            .v2
+            .as_deref()
+            .filter(|d| d.join("cgroup.freeze").exists())
+        {
+            write_file(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+            let want = u64::from(frozen);
+            v1::wait_for(&dir.join("cgroup.events"), dir, |t| {
+                events_field(t, "frozen") == Some(want)
+            })?;
+            return Ok(FreezeMethod::V2);
+        }
+        let dir = self.v1_dir("freezer").ok_or(CgroupError::Unsupported {
+            limit: "freeze",
+            reason: "no cgroup.freeze and no v1 freezer",
+            remedy: "mount the v1 freezer controller or use a cgroup v2 host",
+        })?;
+        if frozen {
+            v1::freeze(dir)?
+        } else {
+            v1::thaw(dir)?
+        }
+        Ok(FreezeMethod::V1Freezer)
+    }
+
+    /// Remove every directory of the run (they must be empty of processes). Directories
+    /// already gone count as removed.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        let mut first_err = None;
+        for dir in self.v2.iter().chain(self.v1.iter().map(|h| &h.dir)) {
+            if let Err(e) = rmdir_retry(dir) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// A field of a flat-keyed file such as cgroup.events.
+pub(crate) fn events_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// rmdir, retrying EBUSY: the last task of a killed cgroup can take a moment to be released.
+pub(crate) fn rmdir_retry(dir: &Path) -> Result<(), CgroupError> {
+    let mut pause = Duration::from_millis(5);
+    for attempt in 0..8 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 7 => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: dir.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_table() {
+        assert_eq!(
+            run_cgroup_name("01HXYZ-a_b.c").unwrap(),
+            "calyx-01HXYZ-a_b.c"
+        );
+        for bad in [
+            "",
+            "..",
+            ".",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(run_cgroup_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn events_fields() {
+        let t = "populated 1\nfrozen 0\n";
+        assert_eq!(events_field(t, "populated"), Some(1));
+        assert_eq!(events_field(t, "frozen"), Some(0));
+        assert_eq!(events_field("populatedx 1", "populated"), None);
+    }
+}

@@ -1,0 +1,127 @@
+//! Leftover run cgroups: a runner SIGKILLed mid-run never removes its cgroup; the next run
+//! removes those whose processes are gone, and only those.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::run::{NAME_PREFIX, events_field, rmdir_retry};
+use super::{CgroupError, Layout, read_file};
+
+/// What to do with one leftover `calyx-*` cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleVerdict {
+    /// Empty and old enough: remove.
+    Remove,
+    /// Still holds processes: leave it (calyx never kills processes it cannot attribute).
+    Busy,
+    /// Too recent: perhaps a concurrent run between mkdir and placing its sandbox.
+    Young,
+}
+
+/// Decide about one leftover cgroup.
+pub fn stale_verdict(populated: bool, age: Duration, min_age: Duration) -> StaleVerdict {
+    match (populated, age >= min_age) {
+        (true, _) => StaleVerdict::Busy,
+        (false, false) => StaleVerdict::Young,
+        (false, true) => StaleVerdict::Remove,
+    }
+}
+
+/// What [`cleanup_stale`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaleReport {
+    /// Removed directories.
+    pub removed: Vec<PathBuf>,
+    /// Left because processes are still in them.
+    pub busy: Vec<PathBuf>,
+    /// Left because they are younger than the minimum age.
+    pub young: Vec<PathBuf>,
+}
+
+/// True if `dir` or a descendant holds a process.
+fn dir_populated(dir: &Path) -> Result<bool, CgroupError> {
+    let events = dir.join("cgroup.events");
+    if events.exists() {
+        return Ok(events_field(&read_file(&events)?, "populated") == Some(1));
+    }
+    if !super::parse_pids(&read_file(&dir.join("cgroup.procs"))?).is_empty() {
+        return Ok(true);
+    }
+    for sub in subdirs(dir)? {
+        if dir_populated(&sub)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
+    let read = std::fs::read_dir(dir).map_err(|source| CgroupError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    Ok(read
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect())
+}
+
+fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    for sub in subdirs(dir)? {
+        remove_tree(&sub)?;
+    }
+    rmdir_retry(dir)
+}
+
+/// Remove leftover `calyx-*` cgroups in every parent of `layout` whose processes are gone
+/// (a runner SIGKILLed mid-run leaves one; the next run cleans it). Cgroups younger than
+/// `min_age` are left alone, so a concurrent run's fresh cgroup is never taken.
+pub fn cleanup_stale(
+    layout: &Layout,
+    now: SystemTime,
+    min_age: Duration,
+) -> Result<StaleReport, CgroupError> {
+    let mut report = StaleReport::default();
+    for parent in layout.v2.iter().chain(layout.v1.iter().map(|h| &h.dir)) {
+        for dir in subdirs(parent)? {
+            let ours = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(NAME_PREFIX));
+            if !ours {
+                continue;
+            }
+            let modified =
+                std::fs::metadata(&dir)
+                    .and_then(|m| m.modified())
+                    .map_err(|source| CgroupError::Read {
+                        path: dir.clone(),
+                        source,
+                    })?;
+            let age = now.duration_since(modified).unwrap_or(Duration::ZERO);
+            match stale_verdict(dir_populated(&dir)?, age, min_age) {
+                StaleVerdict::Remove => {
+                    remove_tree(&dir)?;
+                    report.removed.push(dir);
+                }
+                StaleVerdict::Busy => report.busy.push(dir),
+                StaleVerdict::Young => report.young.push(dir),
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_verdict_table() {
+        let s = Duration::from_secs;
+        assert_eq!(stale_verdict(true, s(100), s(5)), StaleVerdict::Busy);
+        assert_eq!(stale_verdict(false, s(1), s(5)), StaleVerdict::Young);
+        assert_eq!(stale_verdict(false, s(5), s(5)), StaleVerdict::Remove);
+    }
+}

@@ -1,0 +1,442 @@
+//! The watcher thread: wakes on cgroup events (inotify on `*.events`), on PSI triggers
+//! (POLLPRI on `memory.pressure`) and on a timer, samples the run's cgroup, applies the halt
+//! rules through the cgroup module and reports over a channel. It never busy-loops: between
+//! wake-ups it sleeps in poll(2).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::SentinelError;
+use super::rules::{Decision, Evaluator};
+use super::stats::{Sample, StatSource};
+use crate::cgroup::{CgroupError, FreezeMethod, KillMethod, RunCgroup};
+use crate::lease::model::{HaltAction, HaltMetric, HaltRule};
+use crate::sys::cgroup_sys::{self, Inotify, Interest};
+
+/// A PSI trigger: wake when tasks stall `stall_us` within `window_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PsiTrigger {
+    /// Stall time that fires the trigger.
+    pub stall_us: u64,
+    /// Window; unprivileged callers need a multiple of 2 s.
+    pub window_us: u64,
+}
+
+impl Default for PsiTrigger {
+    fn default() -> Self {
+        Self {
+            stall_us: 150_000,
+            window_us: 2_000_000,
+        }
+    }
+}
+
+/// How the watcher runs.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// Effective halt rules (see [`super::policy::merge`]).
+    pub rules: Vec<HaltRule>,
+    /// Sampling interval while rules are active. The default, 25 ms, keeps a halt within
+    /// tens of ms of the breach (tick phase plus kill) while a tick reads one or two files.
+    pub rule_interval: Duration,
+    /// Sampling interval while every rule is calm (see [`Evaluator::is_calm`]).
+    pub calm_interval: Duration,
+    /// Interval of `resource_event.MONITORED` samples; `None` for none.
+    pub monitor_interval: Option<Duration>,
+    /// PSI trigger on memory.pressure, where the cgroup has one.
+    pub psi_trigger: Option<PsiTrigger>,
+    /// pid 1 of the sandbox, for killing where neither cgroup.kill nor a freezer exists.
+    pub kill_pid: Option<u32>,
+    /// Output bytes counted by the runner, for `output_bytes` rules.
+    pub output_bytes: Option<Arc<AtomicU64>>,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            rule_interval: Duration::from_millis(25),
+            calm_interval: Duration::from_millis(100),
+            monitor_interval: Some(Duration::from_secs(5)),
+            psi_trigger: Some(PsiTrigger::default()),
+            kill_pid: None,
+            output_bytes: None,
+        }
+    }
+}
+
+/// What a halt did.
+#[derive(Debug)]
+pub enum Applied {
+    /// Frozen; the run waits for a human.
+    Frozen(FreezeMethod),
+    /// Killed.
+    Killed(KillMethod),
+    /// The action failed.
+    Failed(CgroupError),
+}
+
+/// What the watcher reports.
+#[derive(Debug)]
+pub enum SentinelEvent {
+    /// A periodic sample, or a `warn` rule firing (with `warning` set).
+    Monitored {
+        /// ms since the watch started.
+        at_ms: u64,
+        /// The sample.
+        sample: Sample,
+        /// The warn rule that fired, if that is why this event was sent.
+        warning: Option<Decision>,
+    },
+    /// A freeze or kill rule fired and was acted on.
+    Halted {
+        /// The rule, value and threshold.
+        decision: Decision,
+        /// What happened.
+        applied: Applied,
+    },
+    /// Reading the statistics failed (the watcher keeps going).
+    ReadFailed(SentinelError),
+    /// A wake-up source could not be set up; the watcher samples instead.
+    Degraded {
+        /// Which source.
+        what: &'static str,
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl SentinelEvent {
+    /// The audit event name.
+    pub fn event_name(&self) -> &'static str {
+        match self {
+            Self::Halted { .. } => "resource_event.HALTED",
+            _ => "resource_event.MONITORED",
+        }
+    }
+
+    /// The event's own fields for the audit record (time, host and ids are the caller's).
+    pub fn audit_fields(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Self::Monitored {
+                at_ms,
+                sample,
+                warning,
+            } => {
+                json!({ "at_ms": at_ms, "sample": sample, "warning": warning })
+            }
+            Self::Halted { decision, applied } => {
+                let (action, method, error) = match applied {
+                    Applied::Frozen(m) => ("freeze", format!("{m:?}"), None),
+                    Applied::Killed(m) => ("kill", format!("{m:?}"), None),
+                    Applied::Failed(e) => ("failed", String::new(), Some(e.to_string())),
+                };
+                json!({
+                    "rule": decision.rule,
+                    "value": decision.value,
+                    "threshold": decision.threshold,
+                    "breach_since_ms": decision.breach_since_ms,
+                    "at_ms": decision.at_ms,
+                    "applied": action,
+                    "method": method,
+                    "error": error,
+                })
+            }
+            Self::ReadFailed(e) => json!({ "error": e.to_string() }),
+            Self::Degraded { what, path, source } => {
+                json!({ "degraded": what, "path": path, "error": source.to_string() })
+            }
+        }
+    }
+}
+
+/// Usage of the run, for the result and the receipt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// CPU time in µs.
+    pub cpu_usec: Option<u64>,
+    /// Peak memory in bytes.
+    pub memory_peak: Option<u64>,
+    /// Peak processes.
+    pub pids_peak: Option<u64>,
+    /// Bytes read from block devices.
+    pub io_read_bytes: Option<u64>,
+    /// Bytes written to block devices.
+    pub io_write_bytes: Option<u64>,
+}
+
+impl Usage {
+    /// Fold in a sample: kernel peaks where offered, else the highest value seen.
+    pub fn update(&mut self, s: &Sample) {
+        let max = |a: Option<u64>, b: Option<u64>| a.max(b);
+        self.cpu_usec = s.cpu_usec.or(self.cpu_usec);
+        self.memory_peak = max(max(self.memory_peak, s.memory_peak), s.memory_bytes);
+        self.pids_peak = max(max(self.pids_peak, s.pids_peak), s.pids);
+        self.io_read_bytes = s.io_read_bytes.or(self.io_read_bytes);
+        self.io_write_bytes = s.io_write_bytes.or(self.io_write_bytes);
+    }
+}
+
+/// A running watcher. Stop it with [`Sentinel::stop`] before removing the cgroup.
+#[derive(Debug)]
+pub struct Sentinel {
+    stop: UnixStream,
+    thread: JoinHandle<Usage>,
+}
+
+impl Sentinel {
+    /// Stop the watcher promptly and return the run's usage.
+    pub fn stop(self) -> Usage {
+        // The thread may already have ended; a closed peer is fine.
+        let _ = (&self.stop).write_all(b"x");
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Open memory.pressure and register the trigger; POLLPRI then signals a stall.
+fn psi_trigger(path: &PathBuf, t: PsiTrigger) -> std::io::Result<File> {
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    f.write_all(format!("some {} {}", t.stall_us, t.window_us).as_bytes())?;
+    Ok(f)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Start the watcher on `cgroup`, reporting to `tx`.
+pub fn start(
+    cgroup: Arc<RunCgroup>,
+    config: WatchConfig,
+    tx: Sender<SentinelEvent>,
+) -> Result<Sentinel, SentinelError> {
+    let source = StatSource::of(&cgroup);
+    let (stop, stop_peer) = UnixStream::pair().map_err(|source| SentinelError::Setup {
+        op: "socketpair",
+        path: PathBuf::new(),
+        source,
+    })?;
+    // inotify on *.events: the kernel modifies them on OOM kills, pids.max hits, populated
+    // and frozen changes.
+    let inotify = Inotify::new().map_err(|source| SentinelError::Setup {
+        op: "inotify_init1",
+        path: PathBuf::new(),
+        source,
+    })?;
+    for f in source.event_files() {
+        inotify
+            .watch_modify(&f)
+            .map_err(|source| SentinelError::Setup {
+                op: "inotify_add_watch",
+                path: f.clone(),
+                source,
+            })?;
+    }
+    let psi = match (config.psi_trigger, source.pressure_file()) {
+        (Some(t), Some(path)) => match psi_trigger(&path, t) {
+            Ok(f) => Some(f),
+            Err(source) => {
+                // PSI disabled or the window refused: rules still run on samples.
+                let _ = tx.send(SentinelEvent::Degraded {
+                    what: "PSI trigger",
+                    path,
+                    source,
+                });
+                None
+            }
+        },
+        _ => None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("calyx:sentinel".into())
+        .spawn(move || {
+            watch_loop(
+                &cgroup,
+                &source,
+                &config,
+                &tx,
+                &stop_peer,
+                &inotify,
+                psi.as_ref(),
+            )
+        })
+        .map_err(|source| SentinelError::Setup {
+            op: "spawn",
+            path: PathBuf::new(),
+            source,
+        })?;
+    Ok(Sentinel { stop, thread })
+}
+
+fn watch_loop(
+    cgroup: &RunCgroup,
+    source: &StatSource,
+    config: &WatchConfig,
+    tx: &Sender<SentinelEvent>,
+    stop: &UnixStream,
+    inotify: &Inotify,
+    mut psi: Option<&File>,
+) -> Usage {
+    let start = Instant::now();
+    let mut evaluator = Evaluator::new(config.rules.clone());
+    let mut usage = Usage::default();
+    let mut killed = false;
+    let rules_active = !config.rules.is_empty();
+    let mut next_monitor = config.monitor_interval.map(|i| start + i);
+    let metrics: Vec<HaltMetric> = config.rules.iter().map(|r| r.metric).collect();
+    let mut last_full = Sample::default();
+    let mut first = true;
+    let mut calm = false;
+    let mut read_failing = false;
+    loop {
+        let now = Instant::now();
+        // Sleep until the next rule tick, MONITORED sample or pending rule deadline.
+        let tick = if calm {
+            config.calm_interval
+        } else {
+            config.rule_interval
+        };
+        let mut wake = if rules_active && !killed {
+            now + tick
+        } else {
+            now + Duration::from_secs(3600)
+        };
+        if let Some(m) = next_monitor {
+            wake = wake.min(m);
+        }
+        if let Some(d) = evaluator.next_deadline().filter(|_| !killed) {
+            wake = wake.min(start + Duration::from_millis(d));
+        }
+        let mut fds = vec![
+            (stop.as_fd(), Interest::Readable),
+            (inotify.as_fd(), Interest::Readable),
+        ];
+        if let Some(p) = psi {
+            fds.push((p.as_fd(), Interest::Priority));
+        }
+        let ready = match cgroup_sys::poll_fds(&fds, wake.saturating_duration_since(now)) {
+            Ok(r) => r,
+            Err(source) => {
+                let _ = tx.send(SentinelEvent::Degraded {
+                    what: "poll",
+                    path: PathBuf::new(),
+                    source,
+                });
+                std::thread::sleep(config.rule_interval);
+                vec![cgroup_sys::Ready::default(); fds.len()]
+            }
+        };
+        let state = |i: usize| ready.get(i).copied().unwrap_or_default();
+        // Data or EOF on the stop socket: the runner is done (or dropped the handle).
+        if state(0).event || state(0).failed {
+            break;
+        }
+        if state(1).event {
+            inotify.drain();
+        }
+        // A PSI fd in error (its cgroup went away) would make every poll return at once.
+        if state(2).failed {
+            psi = None;
+        }
+        // A full reading on events and MONITORED ticks; otherwise only the rules' files.
+        let full_due = first || state(1).event || next_monitor.is_some_and(|m| Instant::now() >= m);
+        let read = if full_due {
+            source.read()
+        } else {
+            source.read_metrics(&metrics, &last_full)
+        };
+        let mut sample = match read {
+            Ok(s) => {
+                read_failing = false;
+                s
+            }
+            Err(e) => {
+                // Report the first failure of a streak only: a cgroup removed under a running
+                // sentinel must not flood the channel every tick.
+                if !read_failing {
+                    let _ = tx.send(SentinelEvent::ReadFailed(e));
+                }
+                read_failing = true;
+                calm = true;
+                continue;
+            }
+        };
+        if full_due {
+            last_full = sample.clone();
+            first = false;
+        }
+        sample.output_bytes = config
+            .output_bytes
+            .as_ref()
+            .map(|c| c.load(Ordering::Relaxed));
+        usage.update(&sample);
+        let at_ms = ms(start.elapsed());
+        if !killed {
+            let decisions = evaluator.observe(at_ms, &sample);
+            calm = evaluator.is_calm(&sample);
+            for d in decisions {
+                let applied = match d.action() {
+                    HaltAction::Warn => {
+                        let _ = tx.send(SentinelEvent::Monitored {
+                            at_ms,
+                            sample: sample.clone(),
+                            warning: Some(d),
+                        });
+                        continue;
+                    }
+                    HaltAction::Freeze => cgroup.freeze().map(Applied::Frozen),
+                    HaltAction::Kill => {
+                        killed = true;
+                        cgroup.kill(config.kill_pid).map(Applied::Killed)
+                    }
+                };
+                let applied = applied.unwrap_or_else(Applied::Failed);
+                let _ = tx.send(SentinelEvent::Halted {
+                    decision: d,
+                    applied,
+                });
+                if killed {
+                    break;
+                }
+            }
+        }
+        if let Some(m) = next_monitor.filter(|m| Instant::now() >= *m) {
+            let _ = tx.send(SentinelEvent::Monitored {
+                at_ms,
+                sample,
+                warning: None,
+            });
+            next_monitor = config.monitor_interval.map(|i| m + i);
+        }
+    }
+    // A last reading so usage includes the final moments of the run.
+    if let Ok(s) = source.read() {
+        usage.update(&s);
+    }
+    usage
+}
+
+/// Read the run's usage once (when no sentinel ran).
+pub fn collect_usage(cgroup: &RunCgroup) -> Result<Usage, SentinelError> {
+    let mut u = Usage::default();
+    u.update(&StatSource::of(cgroup).read()?);
+    Ok(u)
+}
