@@ -10,7 +10,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -167,7 +169,13 @@ pub fn generate(out: &Path) -> Result<GeneratedKey, KeyError> {
         }
     }
     let signing = SigningKey::generate(&mut rand_core::OsRng);
-    let private_pem = signing
+    // PKCS#8 v1 (RFC 8410: the seed only). The v2 form with the public key embedded, which
+    // SigningKey's own encoder writes, is refused by OpenSSL 3.0, and interop is the point.
+    let v1 = KeypairBytes {
+        secret_key: signing.to_bytes(),
+        public_key: None,
+    };
+    let private_pem = v1
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| KeyError::Encode {
             what: "private",

@@ -11,3 +11,13 @@ pub mod model;
 pub mod trust;
 pub mod units;
 pub mod verify;
+
+/// Replaces `path` atomically (temp file with `mode`, fsync, rename): readers see the old
+/// file or the new one, never a torn one.
+pub fn write_file_atomic(
+    path: &std::path::Path,
+    contents: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    atomic::write_atomic(path, contents, mode)
+}

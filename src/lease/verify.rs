@@ -379,8 +379,11 @@ fn unmet(signers: &[Signer], need: RoleCounts, policy: &TrustPolicy) -> Vec<Stri
     out
 }
 
-/// Parses the authenticated payload: unknown fields and other versions are refused.
-fn parse_payload(body: &[u8]) -> Result<Lease, VerifyError> {
+/// Parses payload bytes: unknown fields and other versions are refused.
+/// [`verify_envelope_bytes`] calls it only after the signatures and role counts pass;
+/// `calyx lease show` calls it to display a lease that may not verify, and acts on nothing in
+/// it. Anything that grants authority must go through [`verify_envelope_bytes`].
+pub fn parse_payload(body: &[u8]) -> Result<Lease, VerifyError> {
     let lease: Lease =
         serde_json::from_slice(body).map_err(|source| match unknown_field_name(&source) {
             Some(name) => VerifyError::UnknownField { name },
