@@ -120,3 +120,135 @@ fn loopback_allows_inet_sockets_but_not_netlink() {
         );
     });
 }
+
+/// A filter answering `getcwd` with `errno` (everything else allowed), for the stacking test.
+fn getcwd_errno(errno: i32) -> seccompiler::BpfProgram {
+    let doc = serde_json::json!({ "f": {
+        "mismatch_action": "allow",
+        "match_action": { "errno": errno },
+        "filter": [{ "syscall": "getcwd" }],
+    }})
+    .to_string();
+    let arch = std::env::consts::ARCH.try_into().unwrap();
+    seccompiler::compile_from_json(doc.as_bytes(), arch)
+        .unwrap()
+        .remove("f")
+        .unwrap()
+}
+
+#[test]
+fn kernel_rule_newest_errno_wins_and_errno_beats_allow() {
+    // The filter stack relies on these two rules of the running kernel; pin them.
+    for (first, second) in [(libc::EPERM, libc::ENOSYS), (libc::ENOSYS, libc::EPERM)] {
+        let (a, b) = (getcwd_errno(first), getcwd_errno(second));
+        let got = std::thread::spawn(move || {
+            seccompiler::apply_filter(&a).unwrap();
+            seccompiler::apply_filter(&b).unwrap();
+            std::env::current_dir().unwrap_err().raw_os_error()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, Some(second), "installed {first} then {second}");
+    }
+    // An allowlist that allows clone3 cannot override the clone3 filter's ENOSYS.
+    let programs = build_program(&Profile::builtin("default").unwrap(), Network::None).unwrap();
+    let got = std::thread::spawn(move || {
+        apply_seccomp_on_current_thread(&programs).unwrap();
+        proc_ctl::probe_clone3().unwrap_err().raw_os_error()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(got, Some(libc::ENOSYS));
+}
+
+#[test]
+// Regression: with the allowlist installed first, strict (which does not allow seccomp(2))
+// made the next filter's installation fail with EPERM.
+fn strict_profile_installs_although_its_allowlist_denies_seccomp() {
+    filtered("strict", Network::None, || {
+        assert_eq!(
+            errno(proc_ctl::probe_mount(c"/nonexistent-calyx-probe")),
+            libc::EPERM
+        );
+        assert_eq!(errno(proc_ctl::probe_clone3()), libc::ENOSYS);
+        assert_eq!(
+            errno(proc_ctl::probe_socket(libc::AF_INET, libc::SOCK_STREAM)),
+            libc::EPERM
+        );
+        assert!(proc_ctl::raw_getpid().unwrap() > 0);
+    });
+}
+
+#[test]
+fn a_spawned_process_inherits_the_filter_and_glibc_falls_back_from_clone3() {
+    // std::process::Command uses posix_spawn, which tries clone3 first: it must fall back to
+    // clone on ENOSYS and run the child, which is filtered too.
+    let out = filtered("default", Network::None, || {
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("echo spawned; exec python3 -c 'import socket; socket.socket(socket.AF_INET)' 2>&1 || true")
+            .output()
+            .unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("spawned\n"), "{text}");
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        assert!(text.contains("PermissionError"), "{text}");
+    }
+}
+
+const KILL_CHILD_ENV: &str = "CALYX_TEST_SECCOMP_KILL_CHILD";
+
+/// The child's half of `kill_profiles_kill_the_process`: does nothing unless started by it.
+/// A KILL_PROCESS verdict kills the whole process, so it runs in a re-executed test binary.
+#[test]
+fn child_calls_a_denied_syscall_under_kill() {
+    let Some(call) = std::env::var_os(KILL_CHILD_ENV) else {
+        return;
+    };
+    // SIGSYS dumps core by default: this child's death must leave nothing behind.
+    calyx::isolate::rlimit::apply_rlimits(&[(calyx::isolate::rlimit::Resource::Core, 0)]).unwrap();
+    let mut profile = Profile::builtin("default").unwrap();
+    profile.on_deny = calyx::profile::DenyAction::Kill;
+    let programs = build_program(&profile, Network::None).unwrap();
+    let result = std::thread::spawn(move || {
+        apply_seccomp_on_current_thread(&programs).unwrap();
+        match call.to_str().unwrap() {
+            "mount" => proc_ctl::probe_mount(c"/nonexistent-calyx-probe").map(drop),
+            "clone3" => proc_ctl::probe_clone3(),
+            _ => proc_ctl::raw_getpid().map(drop),
+        }
+    })
+    .join()
+    .unwrap();
+    println!("SURVIVED {:?}", result.map_err(|e| e.raw_os_error()));
+}
+
+#[test]
+fn kill_profiles_kill_the_process_but_answer_clone3_with_enosys() {
+    use std::os::unix::process::ExitStatusExt;
+    let run = |call: &str| {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_calls_a_denied_syscall_under_kill",
+                "--nocapture",
+            ])
+            .env(KILL_CHILD_ENV, call)
+            .output()
+            .unwrap()
+    };
+    let killed = run("mount");
+    assert_eq!(killed.status.signal(), Some(libc::SIGSYS), "{killed:?}");
+    let clone3 = run("clone3");
+    let out = String::from_utf8_lossy(&clone3.stdout);
+    assert!(
+        out.contains(&format!("SURVIVED Err(Some({}))", libc::ENOSYS)),
+        "{out}"
+    );
+    let allowed = run("getpid");
+    assert!(
+        String::from_utf8_lossy(&allowed.stdout).contains("SURVIVED Ok(())"),
+        "{allowed:?}"
+    );
+}

@@ -4,23 +4,26 @@
 //!
 //! Three classic-BPF programs are installed, in this order:
 //!
-//! 1. **allowlist** — the profile's names (plus `clone3`, see 3) → ALLOW; anything else →
-//!    the profile's deny action (ERRNO(EPERM) or KILL_PROCESS). Calls of another ABI (i386
-//!    via `int 0x80`, x32 numbers) never match a listed number; a foreign `AUDIT_ARCH` kills.
-//! 2. **denials** — always-denied calls ([`ALWAYS_DENIED`]) and argument checks → the deny
+//! 1. **denials** — always-denied calls ([`ALWAYS_DENIED`]) and argument checks → the deny
 //!    action; everything else → ALLOW: `clone` with any `CLONE_NEW*` flag, `ioctl` with
 //!    `TIOCSTI`/`TIOCLINUX`, `socket`/`socketpair` of a family the network mode does not allow.
 //!    Keeping these in their own filter means no profile can switch them off, even by listing
 //!    a name in its allowlist (which [`crate::profile`] also refuses).
-//! 3. **clone3** → ERRNO(ENOSYS); everything else → ALLOW. clone3 passes its flags in memory
+//! 2. **clone3** → ERRNO(ENOSYS); everything else → ALLOW. clone3 passes its flags in memory
 //!    a filter cannot read, so it is refused as "not implemented" and glibc falls back to
-//!    `clone`, whose flags filter 2 inspects.
+//!    `clone`, whose flags filter 1 inspects.
+//! 3. **allowlist** — the profile's names (plus `clone3`) → ALLOW; anything else → the
+//!    profile's deny action (ERRNO(EPERM) or KILL_PROCESS). Calls of another ABI (i386 via
+//!    `int 0x80`, x32 numbers) never match a listed number; a foreign `AUDIT_ARCH` kills.
+//!    It goes last because it may deny `seccomp(2)` itself (strict does), after which no
+//!    further filter could be installed.
 //!
 //! The kernel runs every filter and keeps the most severe action (KILL, then TRAP, then ERRNO,
 //! …, ALLOW last); between actions of equal severity, the one of the most recently installed
-//! filter wins. So clone3 is ALLOWED by filter 1 — else a `kill` profile would kill glibc's
-//! probe, and an `errno` profile's EPERM would compete with ENOSYS — and filter 3 is installed
-//! last, so its ENOSYS would win even against another ERRNO. The tests pin both kernel rules.
+//! filter wins. As the allowlist is the newest filter, its EPERM would win a tie with the
+//! clone3 filter's ENOSYS, and in a `kill` profile its KILL would beat ENOSYS outright; so the
+//! allowlist always ALLOWS clone3 and leaves the answer to filter 2 (ERRNO beats ALLOW). The
+//! tests pin both kernel rules and this consequence.
 //!
 //! Names are resolved to numbers by seccompiler's JSON frontend, per target architecture, from
 //! a JSON document built in memory: one path for the native filter and for the cross-arch
@@ -113,11 +116,9 @@ pub enum SeccompError {
     /// calyx has no syscall tables for this machine.
     #[error("seccomp: unsupported architecture {0} (calyx supports x86_64 and aarch64)")]
     UnsupportedArch(&'static str),
-    /// seccompiler refused the filter (e.g. a syscall name unknown on that architecture).
-    #[error("seccomp: compiling the {role} filter for {arch}: {source}")]
+    /// seccompiler refused the filters (e.g. a syscall name unknown on that architecture).
+    #[error("seccomp: compiling the filters for {arch}: {source}")]
     Compile {
-        /// Which filter of the stack.
-        role: FilterRole,
         /// Target architecture.
         arch: SyscallArch,
         /// seccompiler's error.
@@ -154,12 +155,21 @@ pub enum SeccompError {
 /// The three filters of the stack, in install order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterRole {
-    /// The profile's allowlist.
-    Allowlist,
-    /// Always-denied calls and argument checks.
+    /// Always-denied calls and argument checks (installed first).
     Denials,
-    /// clone3 → ENOSYS.
+    /// clone3 → ENOSYS (second).
     Clone3,
+    /// The profile's allowlist (last: it may deny seccomp(2) itself).
+    Allowlist,
+}
+
+impl FilterRole {
+    /// The order the filters are installed in (see the module docs for why).
+    pub const INSTALL_ORDER: [FilterRole; 3] = [
+        FilterRole::Denials,
+        FilterRole::Clone3,
+        FilterRole::Allowlist,
+    ];
 }
 
 impl fmt::Display for FilterRole {
@@ -191,9 +201,10 @@ impl SeccompPolicy {
         let mut allow: Vec<String> = profile
             .syscalls
             .names_for(arch)
+            .into_iter()
             .map(str::to_owned)
             .collect();
-        // Filter 3 answers clone3; filter 1 must let it through (see the module docs).
+        // The clone3 filter answers clone3; the allowlist must let it through (module docs).
         if !allow.iter().any(|n| n == "clone3") {
             allow.push("clone3".to_owned());
         }
@@ -212,7 +223,7 @@ impl SeccompPolicy {
         }
     }
 
-    /// The JSON document of one filter, in seccompiler's format.
+    /// One filter in seccompiler's JSON format (the value under the filter's name).
     pub fn filter_json(&self, role: FilterRole) -> Value {
         let (mismatch, matched, rules) = match role {
             FilterRole::Allowlist => {
@@ -227,11 +238,11 @@ impl SeccompPolicy {
                 vec![json!({ "syscall": "clone3" })],
             ),
         };
-        json!({ role.to_string(): {
+        json!({
             "mismatch_action": mismatch,
             "match_action": matched,
             "filter": rules,
-        }})
+        })
     }
 
     /// Rules of the denials filter: each rule that matches is a denied call.
@@ -272,15 +283,16 @@ impl SeccompPolicy {
             SyscallArch::X86_64 => TargetArch::x86_64,
             SyscallArch::Aarch64 => TargetArch::aarch64,
         };
-        let mut filters = Vec::with_capacity(3);
-        for role in [
-            FilterRole::Allowlist,
-            FilterRole::Denials,
-            FilterRole::Clone3,
-        ] {
-            let doc = self.filter_json(role).to_string();
-            let mut map = seccompiler::compile_from_json(doc.as_bytes(), target)
-                .map_err(|source| SeccompError::Compile { role, arch, source })?;
+        // One document holding the three filters: seccompiler builds its name table once.
+        let mut doc = serde_json::Map::new();
+        for role in FilterRole::INSTALL_ORDER {
+            doc.insert(role.to_string(), self.filter_json(role));
+        }
+        let text = Value::Object(doc).to_string();
+        let mut map = seccompiler::compile_from_json(text.as_bytes(), target)
+            .map_err(|source| SeccompError::Compile { arch, source })?;
+        let mut filters = Vec::with_capacity(FilterRole::INSTALL_ORDER.len());
+        for role in FilterRole::INSTALL_ORDER {
             let prog = map
                 .remove(&role.to_string())
                 .ok_or(SeccompError::MissingFilter { role, arch })?;
