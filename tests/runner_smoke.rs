@@ -322,18 +322,31 @@ fn loopback_is_up_only_when_granted() {
 #[test]
 fn interrupt_reaches_the_payload_group() {
     let f = Fixture::new();
+    let grant = f.path("int");
+    std::fs::create_dir(&grant).unwrap();
+    std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o777)).unwrap();
     let lease = f.lease(
         "int",
         json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
-        json!({}),
+        json!({"paths": {"write": [grant]}}),
     );
     for who in users() {
+        let marker = grant.join(format!("{who:?}"));
+        // sh waits for sleep: a SIGINT aimed at sh alone would be held until sleep ends.
+        let script = format!("touch {} && sleep 30", marker.display());
         let mut child = f
-            .command(who, &lease, &[], &["/bin/sh", "-c", "sleep 30"])
+            .command(who, &lease, &[], &["/bin/sh", "-c", &script])
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        // SIGINT to calyx-run (the setpriv wrapper execs it, so the pid is the same).
+        let t = Instant::now();
+        while !marker.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{who:?}: the payload never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SIGINT to calyx-run (setpriv execs it, so the pid is the same).
         std::process::Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()
@@ -369,4 +382,90 @@ fn setuid_calyx_run_refuses() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn caller_ignoring_sigchld_still_gets_the_exit_status() {
+    // Regression: with SIGCHLD ignored by the caller (inherited), the kernel auto-reaped the
+    // payload, init never saw its status, and the run ended as a timeout.
+    let f = Fixture::new();
+    let lease = f.lease(
+        "sigign",
+        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
+        json!({"limits": {"timeout_secs": 20}}),
+    );
+    let result = f.path("result.json");
+    let bin = env!("CARGO_BIN_EXE_calyx-run");
+    let wrapper = "import os, signal, sys\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nos.execv(sys.argv[1], sys.argv[1:])";
+    let t = Instant::now();
+    let out = std::process::Command::new("python3")
+        .args(["-c", wrapper, bin, "--lease"])
+        .arg(&lease)
+        .arg("--trust")
+        .arg(&f.trust)
+        .arg("--audit-log")
+        .arg(&f.audit)
+        .arg("--result")
+        .arg(&result)
+        .args(["--", "/bin/sh", "-c", "exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(r["outcome"], "exited");
+    assert_eq!(r["exit_code"], 7);
+    assert_eq!(r["lease_id"], "LEASE-TEST-sigign");
+    assert!(
+        r["enforcement"]["landlock"]
+            .as_str()
+            .unwrap()
+            .starts_with("full")
+            || r["enforcement"]["landlock"]
+                .as_str()
+                .unwrap()
+                .starts_with("partial")
+    );
+    assert!(r["usage"]["cpu_user_ms"].is_u64());
+}
+
+#[test]
+fn closed_stdout_does_not_become_the_audit_log() {
+    // With stdout closed, the audit log would be opened as fd 1 and handed to the payload as its
+    // stdout; calyx-run puts /dev/null there first.
+    let f = Fixture::new();
+    let lease = f.lease(
+        "closed",
+        json!([{"path": "/usr/bin/python3", "args": ["-c", "*"]}]),
+        json!({}),
+    );
+    let bin = env!("CARGO_BIN_EXE_calyx-run");
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", "exec \"$@\" >&-", "sh", bin, "--lease"])
+        .arg(&lease)
+        .arg("--trust")
+        .arg(&f.trust)
+        .arg("--audit-log")
+        .arg(&f.audit)
+        .args([
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            "import os, sys\nsys.stderr.write(os.readlink('/proc/self/fd/1'))\nprint('forged')",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("/dev/null"),
+        "{}",
+        text(&out.stderr)
+    );
+    let log = std::fs::read_to_string(&f.audit).unwrap();
+    for line in log.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "payload output in the audit log: {line}"
+        );
+    }
 }

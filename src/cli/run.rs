@@ -61,7 +61,9 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
     /// The command: absolute executable path as in the lease, then its arguments.
+    // Required: an empty command is a usage error (exit 2); there is nothing to authorize.
     #[arg(
+        required = true,
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "CMD"
@@ -95,6 +97,13 @@ pub fn main(args: Args) -> u8 {
             "calyx-run: refusing to run setuid or setgid (real uid {}, effective uid {}); install calyx-run without the setuid bit",
             ids.uid, ids.euid
         );
+        return exit::SETUP_FAILED;
+    }
+    // A closed stdin/stdout/stderr would let the audit log or the channel take that number and
+    // reach the payload as a standard stream. Rust's runtime does this today too; the explicit
+    // check keeps the guarantee ours.
+    if let Err(e) = sys::fs::ensure_std_fds() {
+        eprintln!("calyx-run: opening /dev/null for a closed standard descriptor: {e}");
         return exit::SETUP_FAILED;
     }
     let env: Vec<(String, String)> = std::env::vars_os()
@@ -316,14 +325,9 @@ fn run_planned(
         return fail(result, audit, e.to_string());
     }
     let timeout = Duration::from_millis(plan.timeout_ms);
-    let mut payload_started = None;
-    let required = plan.required_layers.clone();
-    let mut on_ready = |level, abi| -> Result<(), String> {
-        enforcement.landlock_reported(level, abi);
-        if let Some(why) = enforcement.floor_violation(&required) {
-            return Err(why);
-        }
-        // STARTED is on disk before the payload exists: no run without its record.
+    let mut on_released = || -> Result<(), String> {
+        // STARTED is on disk before the payload can exist: no run without its record. It
+        // carries the planned enforcement; FINISHED carries what init achieved.
         audit
             .append(
                 names::EXEC_STARTED,
@@ -331,27 +335,39 @@ fn run_planned(
                 json!({"argv": plan.argv, "profile": plan.profile, "enforcement": enforcement}),
                 Durability::Synced,
             )
-            .map_err(|e| e.to_string())?;
-        payload_started = Some(Instant::now());
-        Ok(())
+            .map_err(|e| e.to_string())
     };
-    let report: RunReport = parent::run(&ctx, plan.uid_map, plan.gid_map, timeout, &mut on_ready);
+    let report: RunReport =
+        parent::run(&ctx, plan.uid_map, plan.gid_map, timeout, &mut on_released);
+    if let Some((level, abi)) = report.landlock {
+        enforcement.landlock_reported(level, abi);
+    }
     let duration = started.elapsed();
     if let Some(e) = &report.error {
-        if report.outcome != Outcome::Exited || report.exit_code >= exit::NOT_EXECUTABLE {
-            eprintln!("calyx-run: {e}");
+        let exe = plan.argv.first().map(String::as_str).unwrap_or("");
+        match report.exit_code {
+            exit::NOT_EXECUTABLE | exit::NOT_FOUND if report.outcome == Outcome::Exited => {
+                eprintln!("calyx-run: {exe} inside the sandbox: {e}");
+            }
+            _ => eprintln!("calyx-run: {e}"),
         }
     }
     if report.outcome == Outcome::Timeout {
         eprintln!("calyx-run: timed out after {} ms", plan.timeout_ms);
     }
     result.finish(ids, &report, &enforcement, duration);
+    // A pinned digest that does not match is a lease refusal found late (on the opened file).
     let name = if report.outcome == Outcome::Timeout {
         names::EXEC_TIMEOUT
+    } else if report.outcome == Outcome::Rejected {
+        names::LEASE_REJECTED
     } else {
         names::EXEC_FINISHED
     };
-    let fields = json!({"argv": plan.argv, "outcome": report.outcome, "exit_code": report.exit_code, "duration_ms": duration.as_millis() as u64, "enforcement": enforcement, "usage": report.usage, "error": report.error});
+    let mut fields = json!({"argv": plan.argv, "outcome": report.outcome, "exit_code": report.exit_code, "duration_ms": duration.as_millis() as u64, "enforcement": enforcement, "usage": report.usage, "error": report.error});
+    if report.outcome == Outcome::Rejected {
+        fields["reason"] = json!(report.error);
+    }
     if let Err(e) = audit.append(name, ids, fields, Durability::Synced) {
         eprintln!("calyx-run: {e}");
     }

@@ -76,14 +76,16 @@ const NS_FLAGS: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWCGROUP;
 
-/// Runs the sandbox. `on_ready` is called once init is confined and waiting, with the Landlock
-/// level; it writes exec_event.STARTED and returns Err(reason) to abort the run.
+/// Runs the sandbox. `on_released` is called right after init is released to build the
+/// sandbox: it writes exec_event.STARTED (synced) while init works on the other core, and
+/// returns Err(reason) to abort the run. init forks the payload only after the parent's Start,
+/// which is sent only once `on_released` succeeded: no run without its record.
 pub fn run(
     ctx: &InitContext,
     uid_map: IdMap,
     gid_map: IdMap,
     timeout: Duration,
-    on_ready: &mut dyn FnMut(LandlockLevel, u32) -> Result<(), String>,
+    on_released: &mut dyn FnMut() -> Result<(), String>,
 ) -> RunReport {
     let mut report = RunReport {
         outcome: Outcome::SetupFailed,
@@ -138,12 +140,26 @@ pub fn run(
         let _ = sproc::wait4(pid, false);
         return fail(report, format!("releasing init: {e}"));
     }
+    match on_released() {
+        Ok(()) => match parent_end.send(Msg::Start) {
+            Ok(()) => report.started = true,
+            Err(e) => report.error = Some(format!("starting the payload: {e}")),
+        },
+        Err(why) => {
+            report.error = Some(why);
+            kill_init();
+        }
+    }
 
     let mut exec_errno = None;
     let mut payload_status = None;
     let mut hash_mismatch = false;
     let mut timed_out = false;
-    let mut deadline: Option<Instant> = None;
+    // The clock starts at the release of init, so a setup that hangs (a stuck mount source)
+    // is bounded by the same limit as the payload.
+    let mut deadline: Option<Instant> =
+        (timeout > Duration::ZERO).then(|| Instant::now() + timeout);
+    let mut setup_failed = false;
     let mut kill_at: Option<Instant> = None;
     let mut channel_open = true;
     let mut caller_signal = None;
@@ -186,25 +202,9 @@ pub fn run(
         };
         if channel_open && rev[2] != 0 {
             match parent_end.recv() {
-                Ok(Some(Msg::Ready { landlock, abi })) => {
-                    report.landlock = Some((landlock, abi));
-                    match on_ready(landlock, abi) {
-                        Ok(()) => {
-                            report.started = true;
-                            if timeout > Duration::ZERO {
-                                deadline = Some(Instant::now() + timeout);
-                            }
-                            if parent_end.send(Msg::Start).is_err() {
-                                report.started = false;
-                            }
-                        }
-                        Err(why) => {
-                            report.error = Some(why);
-                            kill_init();
-                        }
-                    }
-                }
+                Ok(Some(Msg::Ready { landlock, abi })) => report.landlock = Some((landlock, abi)),
                 Ok(Some(Msg::SetupFailed { step, errno })) => {
+                    setup_failed = true;
                     report.error = Some(format!(
                         "init could not {}: {}",
                         step.name(),
@@ -245,6 +245,7 @@ pub fn run(
             Ok(Some(Msg::Exited { status })) => payload_status = Some(status),
             Ok(Some(Msg::HashMismatch)) => hash_mismatch = true,
             Ok(Some(Msg::SetupFailed { step, errno })) => {
+                setup_failed = true;
                 report.error = Some(format!(
                     "init could not {}: {}",
                     step.name(),
@@ -264,6 +265,7 @@ pub fn run(
     classify(
         &mut report,
         Classify {
+            setup_failed,
             hash_mismatch,
             exec_errno,
             payload_status,
@@ -276,6 +278,7 @@ pub fn run(
 }
 
 struct Classify {
+    setup_failed: bool,
     hash_mismatch: bool,
     exec_errno: Option<i32>,
     payload_status: Option<i32>,
@@ -296,6 +299,10 @@ fn classify(r: &mut RunReport, c: Classify) {
     }
     if c.timed_out {
         return set(r, Outcome::Timeout, exit::TIMEOUT);
+    }
+    // A step of init or of the payload child (seccomp) failed: nothing of the payload ran.
+    if c.setup_failed {
+        return set(r, Outcome::SetupFailed, exit::SETUP_FAILED);
     }
     if let Some(errno) = c.exec_errno {
         r.error = Some(format!("exec {}", std::io::Error::from_raw_os_error(errno)));
