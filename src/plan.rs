@@ -433,13 +433,7 @@ fn check_floor(
             SECCOMP_REMEDY,
         ));
     }
-    if required.contains(&Layer::Cgroup) {
-        return Err(missing(
-            "cgroup",
-            "this build of calyx-run does not create cgroups yet",
-            "remove \"cgroup\" from require.layers, or use a calyx build with cgroup support",
-        ));
-    }
+    // The cgroup layer is decided at stage 3 against the real hierarchy (stage::resources).
     if required.contains(&Layer::Landlock) {
         let want = profile
             .landlock_min_abi

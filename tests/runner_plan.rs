@@ -251,14 +251,6 @@ fn refusals_table() {
             exit::SETUP_FAILED,
             "ABI 2, the floor is 4",
         ),
-        (
-            "cgroup required",
-            lease(json!({"require": {"layers": ["cgroup"]}})),
-            features(),
-            ok_argv,
-            exit::SETUP_FAILED,
-            "cgroup",
-        ),
     ];
     for (name, l, f, a, code, msg) in cases {
         let err = run(&l, &f, a, &[]).expect_err(name);

@@ -29,6 +29,12 @@ pub mod names {
     pub const EXEC_FINISHED: &str = "exec_event.FINISHED";
     /// Run ended by the wall-clock timeout.
     pub const EXEC_TIMEOUT: &str = "exec_event.TIMEOUT";
+    /// Run ended by a sentinel halt rule.
+    pub const EXEC_HALTED: &str = "exec_event.HALTED";
+    /// Periodic resource sample, or a `warn` rule firing.
+    pub const RESOURCE_MONITORED: &str = "resource_event.MONITORED";
+    /// A sentinel rule froze or killed the run.
+    pub const RESOURCE_HALTED: &str = "resource_event.HALTED";
 }
 
 /// Writing the audit log failed.

@@ -32,6 +32,8 @@ pub struct Enforcement {
     pub rlimits: String,
     /// Network mode.
     pub network: &'static str,
+    /// The run's cgroup: backend, limits, sentinel, gaps; or why there is none.
+    pub cgroup: String,
 }
 
 impl Enforcement {
@@ -62,6 +64,7 @@ impl Enforcement {
                 Network::None => "none",
                 Network::Loopback => "loopback",
             },
+            cgroup: "pending".to_owned(),
         }
     }
 
@@ -104,6 +107,9 @@ pub struct RunResult {
     /// Error or refusal reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The sentinel rule that halted the run: `{rule, value, threshold, applied}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halt: Option<crate::stage::resources::HaltInfo>,
 }
 
 impl RunResult {
@@ -121,6 +127,7 @@ impl RunResult {
             enforcement: None,
             usage: None,
             error: None,
+            halt: None,
         }
     }
 
@@ -146,6 +153,7 @@ impl RunResult {
         self.signal = r.signal;
         self.error = r.error.clone();
         self.usage = r.usage;
+        self.halt = r.halt.clone();
         self.duration_ms = d.as_millis() as u64;
         self.enforcement = Some(e.clone());
     }

@@ -4,6 +4,7 @@
 //! SPEC §4.1 and maps every failure to a SPEC §4.5 exit code.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -17,8 +18,10 @@ use crate::lease::trust::TrustPolicy;
 use crate::lease::verify::{self, VerifyContext};
 use crate::plan::{self, Plan, PlanInput, ProfileSpec, RealFs, SystemEntry};
 use crate::profile::{Profile, ViewEntry};
+use crate::sentinel::watch::{Applied, SentinelEvent};
 use crate::stage::confine::Confinement;
 use crate::stage::parent::{self, Outcome, RunReport};
+use crate::stage::resources;
 use crate::sys;
 
 use super::result::{Enforcement, RunResult};
@@ -60,6 +63,13 @@ pub struct Args {
     /// Verify and plan, print the plan, run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Create the run's cgroup under this cgroup (a path relative to each hierarchy's root,
+    /// e.g. /calyx.slice) instead of under calyx-run's own cgroup.
+    #[arg(long, value_name = "CGROUP")]
+    pub cgroup_parent: Option<String>,
+    /// Interval of resource_event.MONITORED samples in the audit log, milliseconds (0: none).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub monitor_interval_ms: u64,
     /// The command: absolute executable path as in the lease, then its arguments.
     // Required: an empty command is a usage error (exit 2); there is nothing to authorize.
     #[arg(
@@ -183,6 +193,7 @@ pub fn main(args: Args) -> u8 {
     }
     let code = run_planned(
         &args,
+        &lease,
         &plan,
         &profile,
         audit.as_mut(),
@@ -283,6 +294,7 @@ fn profile_spec(p: &Profile) -> Result<ProfileSpec, crate::profile::ProfileError
 
 fn run_planned(
     args: &Args,
+    lease: &Lease,
     plan: &Plan,
     profile: &Profile,
     audit: Option<&mut AuditLog>,
@@ -290,7 +302,6 @@ fn run_planned(
     result: &mut RunResult,
     started: Instant,
 ) -> u8 {
-    let _ = args;
     let Some(audit) = audit else {
         return exit::SETUP_FAILED;
     };
@@ -307,14 +318,43 @@ fn run_planned(
         exit::SETUP_FAILED
     };
     // Everything the child will need is built now, before the clone (2 in SPEC §4.1).
-    let confine = match Confinement::prepare(plan, profile) {
+    let mut confine = match Confinement::prepare(plan, profile) {
         Ok(c) => c,
         Err(e) => return fail(result, audit, e.to_string()),
     };
+    // Stage 3, before the clone: the cgroup exists with its limits read back, so init is
+    // born inside it and nothing of the run escapes accounting.
+    let resources = match resources::setup(&resources::SetupInput {
+        run_id: &ids.run_id,
+        cgroup_parent: args.cgroup_parent.as_deref(),
+        lease,
+        profile_limits: &profile.limits,
+        required: &plan.required_layers,
+        timeout_secs: plan.timeout_ms / 1000,
+        monitor_interval: (args.monitor_interval_ms > 0)
+            .then(|| Duration::from_millis(args.monitor_interval_ms)),
+        uid: sys::cgroup_sys::effective_uid(),
+        gid: sys::cgroup_sys::effective_gid(),
+    }) {
+        Ok(r) => r,
+        Err(refusal) => return fail(result, audit, refusal),
+    };
+    confine.add_fallback_rlimits(&resources.fallback);
     let mut enforcement = Enforcement::planned(plan, &confine);
+    enforcement.cgroup = resources.status.clone();
+    let watched = match (resources.cgroup, resources.watch) {
+        (Some(cgroup), Some(config)) => Some(parent::Watched {
+            cgroup: Arc::new(cgroup),
+            config,
+        }),
+        _ => None,
+    };
     let ctx = match crate::stage::build_init_context(plan, confine) {
         Ok(c) => c,
-        Err(e) => return fail(result, audit, e),
+        Err(e) => {
+            remove_unused(watched.as_ref());
+            return fail(result, audit, e);
+        }
     };
     if let Err(e) = audit.append(
         names::LEASE_VERIFIED,
@@ -322,23 +362,24 @@ fn run_planned(
         json!({"argv": plan.argv, "profile": plan.profile, "rule": plan.rule_index}),
         Durability::Buffered,
     ) {
+        remove_unused(watched.as_ref());
         return fail(result, audit, e.to_string());
     }
     let timeout = Duration::from_millis(plan.timeout_ms);
-    let mut on_released = || -> Result<(), String> {
-        // STARTED is on disk before the payload can exist: no run without its record. It
-        // carries the planned enforcement; FINISHED carries what init achieved.
-        audit
-            .append(
-                names::EXEC_STARTED,
-                ids,
-                json!({"argv": plan.argv, "profile": plan.profile, "enforcement": enforcement}),
-                Durability::Synced,
-            )
-            .map_err(|e| e.to_string())
+    let mut hooks = Hooks {
+        audit: &mut *audit,
+        ids,
+        plan,
+        enforcement: &enforcement,
     };
-    let report: RunReport =
-        parent::run(&ctx, plan.uid_map, plan.gid_map, timeout, &mut on_released);
+    let report: RunReport = parent::run(
+        &ctx,
+        plan.uid_map,
+        plan.gid_map,
+        timeout,
+        &mut hooks,
+        watched,
+    );
     if let Some((level, abi)) = report.landlock {
         enforcement.landlock_reported(level, abi);
     }
@@ -355,10 +396,22 @@ fn run_planned(
     if report.outcome == Outcome::Timeout {
         eprintln!("calyx-run: timed out after {} ms", plan.timeout_ms);
     }
+    if let Some(h) = report
+        .halt
+        .as_ref()
+        .filter(|_| report.outcome == Outcome::Halted)
+    {
+        eprintln!(
+            "calyx-run: halted by the sentinel: {:?} {} above {} ({})",
+            h.rule.metric, h.value, h.threshold, h.applied
+        );
+    }
     result.finish(ids, &report, &enforcement, duration);
     // A pinned digest that does not match is a lease refusal found late (on the opened file).
     let name = if report.outcome == Outcome::Timeout {
         names::EXEC_TIMEOUT
+    } else if report.outcome == Outcome::Halted {
+        names::EXEC_HALTED
     } else if report.outcome == Outcome::Rejected {
         names::LEASE_REJECTED
     } else {
@@ -368,10 +421,74 @@ fn run_planned(
     if report.outcome == Outcome::Rejected {
         fields["reason"] = json!(report.error);
     }
+    if let Some(h) = &report.halt {
+        fields["halt"] = json!(h);
+    }
     if let Err(e) = audit.append(name, ids, fields, Durability::Synced) {
         eprintln!("calyx-run: {e}");
     }
     report.exit_code
+}
+
+/// The audit side of the run, called by the parent stage.
+struct Hooks<'a> {
+    audit: &'a mut AuditLog,
+    ids: &'a RunIds,
+    plan: &'a Plan,
+    enforcement: &'a Enforcement,
+}
+
+impl parent::RunHooks for Hooks<'_> {
+    fn released(&mut self) -> Result<(), String> {
+        // STARTED is on disk before the payload can exist: no run without its record. It
+        // carries the planned enforcement; FINISHED carries what init achieved.
+        self.audit
+            .append(
+                names::EXEC_STARTED,
+                self.ids,
+                json!({"argv": self.plan.argv, "profile": self.plan.profile, "enforcement": self.enforcement}),
+                Durability::Synced,
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    fn sentinel_event(&mut self, event: &SentinelEvent) {
+        // Halts are synced (they explain the end of the run); samples are buffered and reach
+        // the disk with the next synced record.
+        let durability = match event {
+            SentinelEvent::Halted { .. } => Durability::Synced,
+            _ => Durability::Buffered,
+        };
+        if let SentinelEvent::Halted {
+            decision,
+            applied: Applied::Frozen(_),
+        } = event
+        {
+            eprintln!(
+                "calyx-run: frozen by the sentinel ({:?} {} above {}); the run waits, the \
+                 timeout still applies; thaw it by writing 0 to cgroup.freeze (v2) or THAWED \
+                 to freezer.state (v1) of its cgroup calyx-{}",
+                decision.rule.metric, decision.value, decision.threshold, self.ids.run_id
+            );
+        }
+        if let Err(e) = self.audit.append(
+            event.event_name(),
+            self.ids,
+            event.audit_fields(),
+            durability,
+        ) {
+            eprintln!("calyx-run: {e}");
+        }
+    }
+}
+
+/// Removes a cgroup created at stage 3 when the run stops before the clone.
+fn remove_unused(watched: Option<&parent::Watched>) {
+    if let Some(w) = watched {
+        if let Err(e) = w.cgroup.remove() {
+            eprintln!("calyx-run: {e} (the next run removes it)");
+        }
+    }
 }
 
 fn print_plan(args: &Args, lease: &Lease, plan: &Plan) {

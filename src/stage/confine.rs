@@ -66,6 +66,17 @@ impl Confinement {
         })
     }
 
+    /// Adds rlimits that stand in for cgroup limits the host cannot enforce (a lower existing
+    /// value of the same resource is kept).
+    pub fn add_fallback_rlimits(&mut self, extra: &[(Resource, u64)]) {
+        for &(r, v) in extra {
+            match self.rlimits.iter_mut().find(|(have, _)| *have == r) {
+                Some(slot) => slot.1 = slot.1.min(v),
+                None => self.rlimits.push((r, v)),
+            }
+        }
+    }
+
     /// One-line seccomp status for reports.
     pub fn seccomp_status(&self) -> String {
         format!("{}, set-id modes refused", self.seccomp.status_line())

@@ -39,6 +39,7 @@ pub mod channel;
 pub mod confine;
 pub mod init;
 pub mod parent;
+pub mod resources;
 
 use std::ffi::CString;
 use std::ptr;

@@ -3,15 +3,21 @@
 //! what happened into an outcome and an exit code (SPEC §4.5).
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::cgroup::RunCgroup;
 use crate::exit;
+use crate::lease::model::HaltAction;
 use crate::plan::IdMap;
+use crate::sentinel::watch::{self, Applied, SentinelEvent, WatchConfig};
 use crate::stage::channel::{self, LandlockLevel, Msg};
 use crate::stage::init::{self, InitContext};
-use crate::sys::clone::{Cloned, clone_into_namespaces};
+use crate::stage::resources::HaltInfo;
+use crate::sys::clone::{Cloned, clone_into_namespaces, clone3_into_cgroup};
 use crate::sys::{proc as sproc, signal as ssig};
 
 /// Grace between the timeout's SIGTERM and the SIGKILL of the whole pid namespace.
@@ -27,25 +33,65 @@ pub enum Outcome {
     Signaled,
     /// The wall-clock timeout ended it.
     Timeout,
+    /// A sentinel halt rule killed it.
+    Halted,
     /// Refused before the payload ran.
     Rejected,
     /// The sandbox could not be set up; nothing ran.
     SetupFailed,
 }
 
-/// Resource usage measured with wait4 on init (covers every process init reaped).
+/// Resource usage: wait4 on init (covers every process init reaped) always; the cgroup's
+/// counters (whole run, including what init never reaped) when the run had a cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Usage {
-    /// User CPU, milliseconds.
+    /// User CPU, milliseconds (wait4).
     pub cpu_user_ms: u64,
-    /// System CPU, milliseconds.
+    /// System CPU, milliseconds (wait4).
     pub cpu_sys_ms: u64,
-    /// Largest resident set of any single process, KiB.
+    /// Largest resident set of any single process, KiB (wait4).
     pub max_rss_kib: u64,
+    /// CPU time of the whole cgroup, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_usec: Option<u64>,
+    /// Peak memory of the cgroup, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
+    /// Peak number of processes of the cgroup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids_peak: Option<u64>,
+    /// Bytes read from block devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_read_bytes: Option<u64>,
+    /// Bytes written to block devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_write_bytes: Option<u64>,
 }
 
+/// The run's side of the caller: its audit records.
+pub trait RunHooks {
+    /// Called right after init is released: writes exec_event.STARTED (synced) while init
+    /// works on the other core; Err(reason) aborts the run.
+    fn released(&mut self) -> Result<(), String>;
+    /// A sentinel event (samples, warnings, halts), in order, from the parent's thread.
+    fn sentinel_event(&mut self, event: &SentinelEvent);
+}
+
+/// The run's cgroup and how the sentinel watches it.
+#[derive(Debug)]
+pub struct Watched {
+    /// The cgroup the sandbox is cloned into.
+    pub cgroup: Arc<RunCgroup>,
+    /// Sentinel configuration; `kill_pid` is filled in after the clone.
+    pub config: WatchConfig,
+}
+
+/// How often the parent drains the sentinel's channel while nothing else wakes it: events
+/// reach the audit log within this, and an idle run costs a few wake-ups a second.
+const DRAIN_EVERY: Duration = Duration::from_millis(250);
+
 /// How one run ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunReport {
     /// Outcome.
     pub outcome: Outcome,
@@ -65,6 +111,12 @@ pub struct RunReport {
     /// Measured usage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// The halt rule that ended (or froze) the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halt: Option<HaltInfo>,
+    /// The run was frozen by a rule at some point.
+    #[serde(skip)]
+    pub frozen: bool,
 }
 
 /// Namespaces of every run: user first in the kernel's order, so the others are owned by it.
@@ -76,16 +128,17 @@ const NS_FLAGS: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWCGROUP;
 
-/// Runs the sandbox. `on_released` is called right after init is released to build the
-/// sandbox: it writes exec_event.STARTED (synced) while init works on the other core, and
-/// returns Err(reason) to abort the run. init forks the payload only after the parent's Start,
-/// which is sent only once `on_released` succeeded: no run without its record.
+/// Runs the sandbox. `hooks.released` is called right after init is released; init forks the
+/// payload only after the parent's Start, which is sent only once it succeeded: no run
+/// without its record. With `watched`, init is cloned into the run's cgroup and the sentinel
+/// watches it from stage 7 to stage 15.
 pub fn run(
     ctx: &InitContext,
     uid_map: IdMap,
     gid_map: IdMap,
     timeout: Duration,
-    on_released: &mut dyn FnMut() -> Result<(), String>,
+    hooks: &mut dyn RunHooks,
+    watched: Option<Watched>,
 ) -> RunReport {
     let mut report = RunReport {
         outcome: Outcome::SetupFailed,
@@ -95,6 +148,8 @@ pub fn run(
         error: None,
         started: false,
         usage: None,
+        halt: None,
+        frozen: false,
     };
     let fail = |mut r: RunReport, what: String| {
         r.error = Some(what);
@@ -113,8 +168,24 @@ pub fn run(
         Ok(p) => p,
         Err(e) => return fail(report, format!("creating the channel: {e}")),
     };
-    // The only clone of the run; the parent is single-threaded here (no thread was started).
-    let (pid, pidfd) = match clone_into_namespaces(NS_FLAGS) {
+    let cgroup = watched.as_ref().map(|w| Arc::clone(&w.cgroup));
+    // Opened before the clone: the child must be born inside the cgroup (stage 4).
+    let cgroup_fd = match cgroup.as_deref().map(RunCgroup::cgroup_fd_for_clone_into) {
+        None => None,
+        Some(Ok(fd)) => fd,
+        Some(Err(e)) => return fail(report, e.to_string()),
+    };
+    // The only clone of the run; the parent is single-threaded here (the sentinel thread
+    // starts after it). CLONE_INTO_CGROUP accounts init from its first instruction; only
+    // ENOSYS (no clone3) falls back to a plain clone plus add_pid below.
+    let cloned = match &cgroup_fd {
+        Some(fd) => match clone3_into_cgroup(NS_FLAGS, fd.as_fd()) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => clone_into_namespaces(NS_FLAGS),
+            other => other,
+        },
+        None => clone_into_namespaces(NS_FLAGS),
+    };
+    let (pid, pidfd) = match cloned {
         Err(e) => return fail(report, format!("clone into new namespaces: {e}")),
         Ok(Cloned::Child) => {
             // Close the parent's end at once so init sees EOF if the parent dies.
@@ -125,9 +196,19 @@ pub fn run(
         Ok(Cloned::Parent { pid, pidfd }) => (pid, pidfd),
     };
     drop(init_end);
+    drop(cgroup_fd);
     let kill_init = || {
         let _ = sproc::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
     };
+    // v1 hierarchies (hybrid/legacy) and the ENOSYS fallback: move init in while it still
+    // waits for Go, so nothing it or the payload runs escapes accounting.
+    if let Some(cg) = &cgroup {
+        if let Err(e) = cg.add_pid(pid as u32) {
+            kill_init();
+            let _ = sproc::wait4(pid, false);
+            return fail(report, format!("placing init in the run's cgroup: {e}"));
+        }
+    }
     // setgroups must be denied before an unprivileged writer may write gid_map; the maps give
     // the payload exactly one id: the caller's.
     if let Err(e) = write_maps(pid, uid_map, gid_map) {
@@ -140,7 +221,28 @@ pub fn run(
         let _ = sproc::wait4(pid, false);
         return fail(report, format!("releasing init: {e}"));
     }
-    match on_released() {
+    // Stage 7: the sentinel thread, now that the clone is done (threads before a fork-style
+    // clone would leave the child with locks held by threads it does not have).
+    let (tx, rx) = mpsc::channel();
+    let sentinel = match watched {
+        None => None,
+        Some(w) => {
+            let config = WatchConfig {
+                kill_pid: Some(pid as u32),
+                ..w.config
+            };
+            match watch::start(w.cgroup, config, tx) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    kill_init();
+                    let _ = sproc::wait4(pid, false);
+                    finish_cgroup(cgroup.as_deref());
+                    return fail(report, format!("starting the sentinel: {e}"));
+                }
+            }
+        }
+    };
+    match hooks.released() {
         Ok(()) => match parent_end.send(Msg::Start) {
             Ok(()) => report.started = true,
             Err(e) => report.error = Some(format!("starting the payload: {e}")),
@@ -163,7 +265,25 @@ pub fn run(
     let mut kill_at: Option<Instant> = None;
     let mut channel_open = true;
     let mut caller_signal = None;
+    let mut halted = false;
     loop {
+        // Sentinel events first: a halt explains the death of init that may follow.
+        while let Ok(ev) = rx.try_recv() {
+            if note_event(&mut report, &ev) {
+                halted = true;
+                // A kill rule whose kill failed: pid 1 still takes the namespace down.
+                if matches!(
+                    ev,
+                    SentinelEvent::Halted {
+                        applied: Applied::Failed(_),
+                        ..
+                    }
+                ) {
+                    kill_init();
+                }
+            }
+            hooks.sentinel_event(&ev);
+        }
         let now = Instant::now();
         if let Some(d) = deadline.filter(|d| now >= *d) {
             // Timeout: SIGTERM reaches the payload through init, then the grace period.
@@ -174,7 +294,12 @@ pub fn run(
             kill_at = Some(now + KILL_GRACE);
         }
         if kill_at.is_some_and(|k| now >= k) {
-            // Killing pid 1 of the namespace kills every process in it, whatever it forked.
+            // The whole cgroup first (cgroup.kill or a freezer sweep, which also ends a frozen
+            // run); killing pid 1 then ends the pid namespace, whatever it forked.
+            if let Some(cg) = &cgroup {
+                let _ = cg.kill(None);
+                let _ = cg.thaw();
+            }
             kill_init();
             kill_at = None;
         }
@@ -186,6 +311,7 @@ pub fn run(
                     .as_millis()
                     .min(i32::MAX as u128) as i32
             })
+            .chain(sentinel.is_some().then_some(DRAIN_EVERY.as_millis() as i32))
             .min()
             .unwrap_or(-1);
         let mut fds = vec![(pidfd.as_fd(), libc::POLLIN), (sigfd.as_fd(), libc::POLLIN)];
@@ -255,11 +381,25 @@ pub fn run(
             _ => channel_open = false,
         }
     }
+    // Stage 15: stop the sentinel (its last reading completes the usage), record what it saw
+    // last, then kill whatever is left and remove the cgroup.
+    let cg_usage = sentinel.map(watch::Sentinel::stop);
+    while let Ok(ev) = rx.try_recv() {
+        halted |= note_event(&mut report, &ev);
+        hooks.sentinel_event(&ev);
+    }
+    finish_cgroup(cgroup.as_deref());
     if let Ok(w) = waited {
+        let u = cg_usage.unwrap_or_default();
         report.usage = Some(Usage {
             cpu_user_ms: w.user_us / 1000,
             cpu_sys_ms: w.sys_us / 1000,
             max_rss_kib: w.max_rss_kib,
+            cpu_usec: u.cpu_usec,
+            memory_peak_bytes: u.memory_peak,
+            pids_peak: u.pids_peak,
+            io_read_bytes: u.io_read_bytes,
+            io_write_bytes: u.io_write_bytes,
         });
     }
     classify(
@@ -270,6 +410,7 @@ pub fn run(
             exec_errno,
             payload_status,
             timed_out,
+            halted,
             caller_signal,
             init_status: waited.ok().map(|w| w.status),
         },
@@ -283,6 +424,7 @@ struct Classify {
     exec_errno: Option<i32>,
     payload_status: Option<i32>,
     timed_out: bool,
+    halted: bool,
     caller_signal: Option<i32>,
     init_status: Option<i32>,
 }
@@ -296,6 +438,10 @@ fn classify(r: &mut RunReport, c: Classify) {
         r.error =
             Some("the executable's sha256 does not match the lease's commands entry".to_owned());
         return set(r, Outcome::Rejected, exit::REFUSED);
+    }
+    // The sentinel killed the run: whatever the payload's status says, the rule ended it.
+    if c.halted {
+        return set(r, Outcome::Halted, exit::HALTED);
     }
     if c.timed_out {
         return set(r, Outcome::Timeout, exit::TIMEOUT);
@@ -340,6 +486,42 @@ fn classify(r: &mut RunReport, c: Classify) {
             r.error = Some("lost track of the payload".to_owned());
             set(r, Outcome::SetupFailed, exit::SETUP_FAILED);
         }
+    }
+}
+
+/// Records a halt in the report; true when the run was killed by a rule.
+fn note_event(report: &mut RunReport, ev: &SentinelEvent) -> bool {
+    let SentinelEvent::Halted { decision, applied } = ev else {
+        return false;
+    };
+    let (name, killed) = match applied {
+        Applied::Killed(_) => ("kill", true),
+        Applied::Frozen(_) => ("freeze", false),
+        Applied::Failed(_) => ("failed", decision.action() == HaltAction::Kill),
+    };
+    report.frozen |= matches!(applied, Applied::Frozen(_));
+    // A kill outranks an earlier freeze in the result.
+    if killed || report.halt.is_none() {
+        report.halt = Some(HaltInfo {
+            rule: decision.rule.clone(),
+            value: decision.value,
+            threshold: decision.threshold,
+            applied: name,
+        });
+    }
+    killed
+}
+
+/// Kills what is left in the run's cgroup and removes it. A failure is reported on stderr;
+/// the next run's stale sweep removes what stays behind.
+fn finish_cgroup(cgroup: Option<&RunCgroup>) {
+    let Some(cg) = cgroup else { return };
+    if cg.populated().unwrap_or(true) {
+        let _ = cg.kill(None);
+        let _ = cg.thaw();
+    }
+    if let Err(e) = cg.remove() {
+        eprintln!("calyx-run: {e} (the next run removes it)");
     }
 }
 

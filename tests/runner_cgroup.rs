@@ -1,0 +1,390 @@
+//! The runner's cgroup layer end to end, through the real `calyx-run` (SPEC §4.4): limits
+//! from the lease, sentinel halts, usage in the result, cleanup, refusal without delegation.
+//!
+//! Host tier: this host is cgroup hybrid (v1 controllers, a cgroup2 mount without controllers),
+//! and the tests assert that before anything else. The pure v2 tier runs in the VM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod runner_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use runner_common::{As, Fixture, text};
+use serde_json::{Value, json};
+
+/// Every cgroup directory this process may hold (its own cgroup in each hierarchy), where
+/// calyx-run, started by us, creates its run cgroups.
+fn own_cgroup_dirs() -> Vec<PathBuf> {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let mut dirs = Vec::new();
+    for line in cg.lines() {
+        let mut it = line.splitn(3, ':');
+        let (_, ctl, path) = (it.next(), it.next().unwrap(), it.next().unwrap());
+        let mount = match ctl {
+            "" => "unified".to_owned(),
+            c => c.trim_start_matches("name=").to_owned(),
+        };
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(mount)
+            .join(path.trim_start_matches('/'));
+        if dir.is_dir() {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+/// `calyx-<run id>` cgroups below our own cgroups.
+fn calyx_cgroups() -> Vec<PathBuf> {
+    own_cgroup_dirs()
+        .into_iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().filter_map(Result::ok))
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("calyx-RUN-"))
+        })
+        .collect()
+}
+
+/// The run id's cgroup must be gone in every hierarchy once calyx-run returned.
+fn assert_removed(r: &Value) {
+    let id = r["run_id"].as_str().unwrap();
+    let left: Vec<_> = calyx_cgroups()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(id))
+        .collect();
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
+}
+
+fn assert_hybrid_host() {
+    if std::env::var_os("CALYX_VM_KERNEL").is_some() {
+        return;
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mi.contains(" - cgroup cgroup ") && mi.contains("memory"),
+        "this host tier expects cgroup v1 controllers (hybrid); mountinfo:\n{mi}"
+    );
+    assert!(
+        nix_euid_is_root(),
+        "the cgroup host tier runs as root (it creates cgroups and drops to nobody)"
+    );
+}
+
+fn nix_euid_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
+
+fn sh_lease(f: &Fixture, name: &str, extra: Value) -> PathBuf {
+    f.lease(
+        name,
+        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
+        extra,
+    )
+}
+
+fn run_sh(f: &Fixture, who: As, lease: &Path, script: &str) -> (Output, Value) {
+    let out = f.run(who, lease, &["--json"], &["/bin/sh", "-c", script]);
+    let r: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("result JSON: {e}; stdout {}", text(&out.stdout)));
+    (out, r)
+}
+
+fn events(f: &Fixture, who: As) -> Vec<Value> {
+    std::fs::read_to_string(f.audit_of(who))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn default_lease_as_root_gets_a_cgroup_and_reports_usage() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(&f, "default", json!({}));
+    let (out, r) = run_sh(&f, As::Caller, &lease, "echo hi");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let cg = r["enforcement"]["cgroup"].as_str().unwrap();
+    assert!(cg.starts_with("v1 (memory,pids,cpu"), "{cg}");
+    assert!(cg.contains("memory=1073741824"), "{cg}");
+    assert!(r["usage"]["memory_peak_bytes"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["usage"]["pids_peak"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["usage"]["cpu_usec"].is_u64(), "{r}");
+    assert_removed(&r);
+}
+
+#[test]
+fn default_lease_as_nobody_runs_and_says_why_there_is_no_cgroup() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(&f, "nobody", json!({}));
+    let (out, r) = run_sh(&f, As::Nobody, &lease, "echo hi");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let cg = r["enforcement"]["cgroup"].as_str().unwrap();
+    assert!(cg.starts_with("unavailable (cgroup v1 parent"), "{cg}");
+    assert!(cg.contains("not in force"), "{cg}");
+    // No cgroup: usage comes from wait4 only, never invented.
+    assert!(r["usage"]["cpu_user_ms"].is_u64(), "{r}");
+    assert!(r["usage"].get("memory_peak_bytes").is_none(), "{r}");
+}
+
+#[test]
+fn nobody_with_lease_limits_is_refused_with_the_remedy() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    for (name, extra) in [
+        ("mem", json!({"limits": {"memory_bytes": 64 << 20}})),
+        ("layer", json!({"require": {"layers": ["cgroup"]}})),
+        (
+            "pidsfb",
+            json!({"limits": {"pids": 32}, "require": {"allow_rlimit_fallback": true}}),
+        ),
+    ] {
+        let lease = sh_lease(&f, name, extra);
+        let (out, r) = run_sh(&f, As::Nobody, &lease, "echo should-not-run");
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+        assert!(!text(&out.stdout).contains("should-not-run"), "{name}");
+        let err = r["error"].as_str().unwrap();
+        assert!(
+            err.contains("Remedy") || err.contains("remedy"),
+            "{name}: {err}"
+        );
+        assert!(err.contains("no cgroup could be created"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn nobody_with_rlimit_fallback_runs_and_reports_it() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(
+        &f,
+        "fallback",
+        json!({"limits": {"memory_bytes": 64 << 20, "cpu": 0.5, "timeout_secs": 20},
+               "require": {"allow_rlimit_fallback": true}}),
+    );
+    let (out, r) = run_sh(&f, As::Nobody, &lease, "ulimit -v; ulimit -t");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let cg = r["enforcement"]["cgroup"].as_str().unwrap();
+    assert!(
+        cg.starts_with("fallback to rlimits (as=67108864, cpu=10)"),
+        "{cg}"
+    );
+    // ulimit -v is in KiB.
+    assert_eq!(text(&out.stdout).lines().next(), Some("65536"), "{r}");
+}
+
+#[test]
+fn memory_bomb_under_64m_is_halted_before_the_oom_killer() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(
+        &f,
+        "membomb",
+        json!({"limits": {"memory_bytes": 64 << 20, "swap_bytes": 0, "timeout_secs": 60}}),
+    );
+    // A shell string doubling without end: resident, anonymous memory.
+    let t = Instant::now();
+    let (out, r) = run_sh(&f, As::Caller, &lease, "a=x; while :; do a=$a$a; done");
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert_eq!(r["outcome"], "halted", "{r}");
+    assert_eq!(r["halt"]["rule"]["metric"], "memory_percent", "{r}");
+    assert!(r["halt"]["value"].as_f64().unwrap() > 90.0, "{r}");
+    assert_eq!(r["halt"]["threshold"].as_f64().unwrap(), 90.0, "{r}");
+    let ev = events(&f, As::Caller);
+    let names: Vec<&str> = ev.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert!(names.contains(&"resource_event.HALTED"), "{names:?}");
+    assert_eq!(names.last(), Some(&"exec_event.HALTED"), "{names:?}");
+    let halted = ev
+        .iter()
+        .find(|e| e["event"] == "resource_event.HALTED")
+        .unwrap();
+    // The rule fired before the OOM killer did: its last sample counted no OOM kill.
+    assert_eq!(halted["applied"], "kill", "{halted}");
+    assert!(
+        !text(&out.stderr).contains("oom"),
+        "stderr {}",
+        text(&out.stderr)
+    );
+    assert_removed(&r);
+}
+
+#[test]
+fn fork_bomb_under_32_pids_is_contained_and_ended() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(
+        &f,
+        "forkbomb",
+        json!({"limits": {"pids": 32, "timeout_secs": 60}}),
+    );
+    let t = Instant::now();
+    let (out, r) = run_sh(&f, As::Caller, &lease, "b() { b | b & }; b; sleep 30");
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert_eq!(r["outcome"], "halted", "{r}");
+    assert_eq!(r["halt"]["rule"]["metric"], "pids_percent", "{r}");
+    assert!(r["usage"]["pids_peak"].as_u64().unwrap() <= 32, "{r}");
+    assert_removed(&r);
+}
+
+#[test]
+fn half_a_core_spin_uses_about_half_a_core() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(
+        &f,
+        "cpu",
+        json!({"limits": {"cpu": 0.5, "timeout_secs": 30}}),
+    );
+    // The shell spins until 2 s of wall time have passed.
+    let script =
+        "end=$(( $(date +%s%N) + 2000000000 )); while [ $(date +%s%N) -lt $end ]; do :; done";
+    let t = Instant::now();
+    let (out, r) = run_sh(&f, As::Caller, &lease, script);
+    let wall = t.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let cpu = r["usage"]["cpu_usec"].as_u64().unwrap() as f64 / 1e6;
+    let share = cpu / 2.0;
+    eprintln!("cpu {cpu:.3} s over a 2 s spin (calyx-run wall {wall:.3} s): {share:.2} of a core");
+    assert!((0.3..=0.7).contains(&share), "share {share}: {r}");
+    assert_removed(&r);
+}
+
+#[test]
+fn freeze_rule_leaves_the_run_frozen_until_thawed() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(
+        &f,
+        "freeze",
+        json!({"limits": {"pids": 100, "timeout_secs": 60},
+               "halt": [{"metric": "pids_percent", "above": 3.5, "for_ms": 0, "action": "freeze"}]}),
+    );
+    // 4 processes of 100 breach 3.5 %: sh, and three sleeps; after the thaw they finish.
+    let mut child = f
+        .command(
+            As::Caller,
+            &lease,
+            &["--json"],
+            &[
+                "/bin/sh",
+                "-c",
+                "sleep 1 & sleep 1 & sleep 1 & wait; echo done",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the freezer to report FROZEN, stay frozen past the sleeps, then thaw as root
+    // through the filesystem (the test's hook: a human with the rights would do the same).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let frozen = loop {
+        let found = calyx_cgroups().into_iter().find(|p| {
+            std::fs::read_to_string(p.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the run was never frozen");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "a frozen run ended");
+    std::fs::write(frozen.join("freezer.state"), "THAWED").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("done\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stderr).contains("frozen by the sentinel"));
+    let r: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(r["halt"]["applied"], "freeze", "{r}");
+    assert_removed(&r);
+}
+
+#[test]
+fn runner_sigkilled_mid_run_leaves_no_process_and_the_next_run_cleans_up() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(
+        &f,
+        "sigkill",
+        json!({"limits": {"timeout_secs": 60}, "max_uses": 2}),
+    );
+    let marker = "calyx-sigkill-marker-7731";
+    let mut child = f
+        .command(
+            As::Caller,
+            &lease,
+            &[],
+            &["/bin/sh", "-c", &format!("exec sleep 3600 # {marker}")],
+        )
+        .spawn()
+        .unwrap();
+    let before = calyx_cgroups();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mine = loop {
+        // Ours is the one holding the process whose command line carries the marker.
+        let holds_marker = |p: &PathBuf| {
+            std::fs::read_to_string(p.join("cgroup.procs")).is_ok_and(|s| {
+                s.split_whitespace().any(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+                })
+            })
+        };
+        if let Some(p) = calyx_cgroups().into_iter().find(holds_marker) {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no populated run cgroup; before {before:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // PDEATHSIG takes init down, and the pid namespace with it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(mine.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty()) {
+        assert!(Instant::now() < deadline, "processes survived the runner");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        mine.exists(),
+        "the leftover should still be there until the next run"
+    );
+    // The next run removes it once it is older than the stale age (5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let (out, r) = run_sh(&f, As::Caller, &lease, "true");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!mine.exists(), "stale cgroup {mine:?} not removed");
+    let leftover: Vec<_> = calyx_cgroups()
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy()
+                .contains(mine.file_name().unwrap().to_str().unwrap())
+        })
+        .collect();
+    assert!(leftover.is_empty(), "{leftover:?}");
+    assert_removed(&r);
+}
