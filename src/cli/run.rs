@@ -193,9 +193,7 @@ pub fn main(args: Args) -> u8 {
     }
     let code = run_planned(
         &args,
-        &lease,
-        &plan,
-        &profile,
+        (&lease, &plan, &profile),
         audit.as_mut(),
         &ids_audit,
         &mut result,
@@ -294,9 +292,7 @@ fn profile_spec(p: &Profile) -> Result<ProfileSpec, crate::profile::ProfileError
 
 fn run_planned(
     args: &Args,
-    lease: &Lease,
-    plan: &Plan,
-    profile: &Profile,
+    (lease, plan, profile): (&Lease, &Plan, &Profile),
     audit: Option<&mut AuditLog>,
     ids: &RunIds,
     result: &mut RunResult,

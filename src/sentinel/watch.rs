@@ -177,6 +177,8 @@ pub struct Usage {
     pub io_read_bytes: Option<u64>,
     /// Bytes written to block devices.
     pub io_write_bytes: Option<u64>,
+    /// Processes the kernel's OOM killer killed in the cgroup.
+    pub oom_kills: Option<u64>,
 }
 
 impl Usage {
@@ -188,6 +190,7 @@ impl Usage {
         self.pids_peak = max(max(self.pids_peak, s.pids_peak), s.pids);
         self.io_read_bytes = s.io_read_bytes.or(self.io_read_bytes);
         self.io_write_bytes = s.io_write_bytes.or(self.io_write_bytes);
+        self.oom_kills = max(self.oom_kills, s.oom_kills);
     }
 }
 

@@ -66,6 +66,9 @@ pub struct Usage {
     /// Bytes written to block devices.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub io_write_bytes: Option<u64>,
+    /// Processes the kernel's OOM killer killed in the cgroup (0 when a halt rule came first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
 }
 
 /// The run's side of the caller: its audit records.
@@ -400,6 +403,7 @@ pub fn run(
             pids_peak: u.pids_peak,
             io_read_bytes: u.io_read_bytes,
             io_write_bytes: u.io_write_bytes,
+            oom_kills: u.oom_kills,
         });
     }
     classify(
@@ -415,6 +419,13 @@ pub fn run(
             init_status: waited.ok().map(|w| w.status),
         },
     );
+    // Said plainly: a SIGKILL from the OOM killer at the memory limit is not a mystery signal.
+    let oom = report.usage.and_then(|u| u.oom_kills).unwrap_or(0);
+    if oom > 0 && report.outcome == Outcome::Signaled && report.error.is_none() {
+        report.error = Some(format!(
+            "the kernel's OOM killer killed {oom} process(es) at the run's memory limit"
+        ));
+    }
     report
 }
 
