@@ -50,6 +50,16 @@ pub enum Command {
     /// Leases: draft, cosign, verify, inspect.
     #[command(subcommand)]
     Lease(LeaseCommand),
+    /// Probe the host: every isolation layer, available or not, why, and the remedy.
+    /// Exit 0 when every layer the profile requires is available, else 125.
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Profile whose required layers decide the exit code.
+        #[arg(long, default_value = "default")]
+        profile: String,
+    },
 }
 
 /// `calyx key …`
@@ -186,6 +196,10 @@ impl CliError {
 
 /// Runs one parsed command; errors go to stderr prefixed `calyx: `.
 pub fn run(cli: Cli) -> ExitCode {
+    // doctor has its own exit codes (125 when a required layer is missing).
+    if let Command::Doctor { json, profile } = &cli.command {
+        return ExitCode::from(super::doctor::run(*json, profile));
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -210,6 +224,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             lease_verify(&file, trust, json)
         }
         Command::Lease(LeaseCommand::Show { file, trust, json }) => lease_show(&file, trust, json),
+        Command::Doctor { .. } => Ok(()),
     }
 }
 
