@@ -1,0 +1,725 @@
+//! Escape suite (SPEC §8, issue #3): each test is one attack run inside `calyx-run` by the
+//! real binaries, as root and as `nobody`. Each asserts that the attack failed inside with the
+//! expected error, that the payload reached its end (exit [`PAYLOAD_DONE`]), and that the host
+//! side is untouched afterwards.
+//!
+//! Payloads are Python (present on the host and in the default profile's view) using raw
+//! x86_64 syscall numbers through ctypes where the standard library has no wrapper.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common;
+
+use std::fs;
+use std::io::ErrorKind;
+use std::net::TcpListener;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{
+    Net, PAYLOAD_DONE, Running, Sandbox, User, Wiring, kill_pids, pids_with_marker, set_mode,
+    unique,
+};
+
+/// Errors that mean "you cannot read that": not in the view, or Landlock said no.
+const READ_DENIED: &[&str] = &["ENOENT", "EACCES", "EPERM"];
+/// Errors that mean "you cannot write there".
+const WRITE_DENIED: &[&str] = &["ENOENT", "EACCES", "EPERM", "EROFS"];
+
+both_users!(
+    read_outside_grant,
+    read_via_symlink_in_write_grant,
+    read_via_dotdot_from_grant,
+    write_outside_grant,
+    exec_from_write_only_grant,
+    connect_host_listener_network_none,
+    connect_host_listener_network_loopback,
+    netlink_socket,
+    packet_socket,
+    mount_tmpfs,
+    unshare_new_user_namespace,
+    clone3_is_enosys,
+    ptrace_init,
+    kill_host_process,
+    tiocsti_on_stdin,
+    caller_env_secret,
+    caller_open_fd,
+    survive_runner_sigkill,
+    setuid_binary,
+    proc_shows_only_sandbox,
+    cwd_inside_new_root,
+    capabilities_all_zero,
+    hostname_not_hosts,
+);
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+fn read_outside_grant(user: User) {
+    let sb = Sandbox::new();
+    let secret_value = unique("secret");
+    sb.mkdir("hidden", 0o755);
+    // World-readable: for nobody too, the sandbox must be the only thing in the way.
+    let secret = sb.file("hidden/secret.txt", &secret_value, 0o644);
+    let granted = sb.mkdir("granted", 0o755);
+    sb.file("granted/ok.txt", "fine", 0o644);
+    let mut sb = sb.read(&granted);
+    let out = sb.run_py(
+        user,
+        r#"
+attempt("control", lambda: open(sys.argv[1] + "/ok.txt").read())
+attempt("secret", lambda: open(sys.argv[2]).read())
+attempt("listdir", lambda: os.listdir(os.path.dirname(sys.argv[2])))
+attempt("passwd_shadow", lambda: open("/etc/shadow").read())
+sys.exit(42)
+"#,
+        &[s(&granted), s(&secret)],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_line("control: OK 'fine'")
+        .assert_value_in("secret", READ_DENIED)
+        .assert_value_in("listdir", READ_DENIED)
+        .assert_value_in("passwd_shadow", READ_DENIED)
+        .assert_absent(&secret_value);
+}
+
+fn read_via_symlink_in_write_grant(user: User) {
+    let sb = Sandbox::new();
+    let secret_value = unique("secret");
+    sb.mkdir("hidden", 0o755);
+    let secret = sb.file("hidden/secret.txt", &secret_value, 0o644);
+    let work = sb.mkdir("work", 0o755);
+    // Planted from the host side before the run: an absolute link out of the grant.
+    std::os::unix::fs::symlink(&secret, work.join("planted")).unwrap();
+    let mut sb = sb.write(&work);
+    let out = sb.run_py(
+        user,
+        r#"
+w, secret = sys.argv[1], sys.argv[2]
+attempt("planted", lambda: open(w + "/planted").read())
+attempt("make_link", lambda: os.symlink(secret, w + "/mine"))
+attempt("own_link", lambda: open(w + "/mine").read())
+attempt("relative_link", lambda: os.symlink("../hidden/secret.txt", w + "/rel"))
+attempt("own_relative", lambda: open(w + "/rel").read())
+attempt("proc_root", lambda: open("/proc/self/root" + secret).read())
+sys.exit(42)
+"#,
+        &[s(&work), s(&secret)],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("planted", READ_DENIED)
+        .assert_value_in("own_link", READ_DENIED)
+        .assert_value_in("own_relative", READ_DENIED)
+        .assert_value_in("proc_root", READ_DENIED)
+        .assert_absent(&secret_value);
+    // Making a link inside a write grant is allowed; following it out is what must fail.
+    out.assert_line("make_link: OK None");
+    assert_eq!(fs::read_to_string(&secret).unwrap(), secret_value);
+}
+
+fn read_via_dotdot_from_grant(user: User) {
+    let sb = Sandbox::new();
+    let secret_value = unique("secret");
+    sb.mkdir("hidden", 0o755);
+    let secret = sb.file("hidden/secret.txt", &secret_value, 0o644);
+    sb.file("sibling.txt", &secret_value, 0o644);
+    let granted = sb.mkdir("granted", 0o755);
+    let mut sb = sb.read(&granted);
+    let out = sb.run_py(
+        user,
+        r#"
+g = sys.argv[1]
+attempt("dotdot_abs", lambda: open(g + "/../hidden/secret.txt").read())
+attempt("dotdot_sibling", lambda: open(g + "/../sibling.txt").read())
+os.chdir(g)
+attempt("dotdot_rel", lambda: open("../hidden/secret.txt").read())
+attempt("dotdot_deep", lambda: open("../../../../../../" + sys.argv[2]).read())
+sys.exit(42)
+"#,
+        &[s(&granted), s(&secret)],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("dotdot_abs", READ_DENIED)
+        .assert_value_in("dotdot_sibling", READ_DENIED)
+        .assert_value_in("dotdot_rel", READ_DENIED)
+        .assert_value_in("dotdot_deep", READ_DENIED)
+        .assert_absent(&secret_value);
+}
+
+fn write_outside_grant(user: User) {
+    let sb = Sandbox::new();
+    // World-writable host targets, so only the sandbox stands in the way for nobody too.
+    let outside = sb.mkdir("outside", 0o777);
+    let victim = sb.file("outside/victim.txt", "original", 0o666);
+    let ro = sb.mkdir("ro", 0o777);
+    let ro_file = sb.file("ro/file.txt", "read-only", 0o666);
+    let work = sb.mkdir("work", 0o755);
+    let mut sb = sb.read(&ro).write(&work);
+    let out = sb.run_py(
+        user,
+        r#"
+outside, ro, w = sys.argv[1], sys.argv[2], sys.argv[3]
+attempt("control", lambda: open(w + "/ok.txt", "w").write("ok"))
+attempt("victim", lambda: open(outside + "/victim.txt", "w").write("pwned"))
+attempt("create", lambda: open(outside + "/new.txt", "w").write("pwned"))
+attempt("ro_write", lambda: open(ro + "/file.txt", "w").write("pwned"))
+attempt("ro_create", lambda: open(ro + "/new.txt", "w").write("pwned"))
+attempt("ro_unlink", lambda: os.unlink(ro + "/file.txt"))
+attempt("ro_chmod", lambda: os.chmod(ro + "/file.txt", 0o777))
+sys.exit(42)
+"#,
+        &[s(&outside), s(&ro), s(&work)],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_line("control: OK 2")
+        .assert_value_in("victim", WRITE_DENIED)
+        .assert_value_in("create", WRITE_DENIED)
+        .assert_value_in("ro_write", WRITE_DENIED)
+        .assert_value_in("ro_create", WRITE_DENIED)
+        .assert_value_in("ro_unlink", WRITE_DENIED)
+        .assert_value_in("ro_chmod", WRITE_DENIED);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "original");
+    assert!(
+        !outside.join("new.txt").exists(),
+        "a file appeared outside the grant"
+    );
+    assert_eq!(fs::read_to_string(&ro_file).unwrap(), "read-only");
+    assert!(
+        !ro.join("new.txt").exists(),
+        "a file appeared in a read-only grant"
+    );
+    assert_eq!(fs::read_to_string(work.join("ok.txt")).unwrap(), "ok");
+}
+
+fn exec_from_write_only_grant(user: User) {
+    let sb = Sandbox::new();
+    let work = sb.mkdir("work", 0o755);
+    let t = work.join("true");
+    fs::copy("/usr/bin/true", &t).unwrap();
+    set_mode(&t, 0o755);
+    let mut sb = sb.write(&work).command(s(&t));
+    let out = sb.run_py(
+        user,
+        r#"
+t = sys.argv[1]
+attempt("stat", lambda: os.stat(t).st_mode & 0o777)
+attempt("exec", lambda: os.execv(t, [t]))
+sys.exit(42)
+"#,
+        &[s(&t)],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_line("stat: OK 493")
+        .assert_value_in("exec", &["EACCES", "EPERM"]);
+    // Named as the command itself, it must not run either (true would exit 0).
+    let direct = sb.run_as(user, &[s(&t)]);
+    assert!(
+        matches!(direct.code(), 126 | 77),
+        "running {t:?} from a write-only grant: {direct}"
+    );
+}
+
+fn connect_host_listener(user: User, net: Net, allowed: &[&str]) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let mut sb = Sandbox::new().network(net);
+    let out = sb.run_py(
+        user,
+        r#"
+port = int(sys.argv[1])
+def connect(family, addr):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(3)
+    s.connect(addr)
+    return "connected"
+attempt("connect4", lambda: connect(socket.AF_INET, ("127.0.0.1", port)))
+attempt("connect6", lambda: connect(socket.AF_INET6, ("::ffff:127.0.0.1", port, 0, 0)))
+sys.exit(42)
+"#,
+        &[&port],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("connect4", allowed)
+        .assert_value_in("connect6", allowed);
+    match listener.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the host listener got a connection: {other:?}\n{out}"),
+    }
+}
+
+fn connect_host_listener_network_none(user: User) {
+    // Only AF_UNIX sockets (seccomp EPERM) and Landlock denies TCP connect (EACCES).
+    connect_host_listener(user, Net::None, &["EPERM", "EACCES"]);
+}
+
+fn connect_host_listener_network_loopback(user: User) {
+    // The sandbox's own `lo` is up but nothing listens there: refused, never the host's.
+    connect_host_listener(user, Net::Loopback, &["ECONNREFUSED"]);
+}
+
+fn raw_socket(user: User, family: u32, proto: u32) {
+    for net in [Net::None, Net::Loopback] {
+        let mut sb = Sandbox::new().network(net);
+        let out = sb.run_py(
+            user,
+            r#"
+family, proto = int(sys.argv[1]), int(sys.argv[2])
+attempt("raw", lambda: socket.socket(family, socket.SOCK_RAW, proto).fileno())
+attempt("dgram", lambda: socket.socket(family, socket.SOCK_DGRAM, proto).fileno())
+attempt("unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).fileno() >= 0)
+sys.exit(42)
+"#,
+            &[&family.to_string(), &proto.to_string()],
+        );
+        out.assert_code(PAYLOAD_DONE)
+            .assert_line("unix: OK True")
+            .assert_value_in("raw", &["EPERM", "EACCES"])
+            .assert_value_in("dgram", &["EPERM", "EACCES"]);
+    }
+}
+
+fn netlink_socket(user: User) {
+    // AF_NETLINK = 16, NETLINK_ROUTE = 0: normally open to any user, so only calyx stops it.
+    raw_socket(user, 16, 0);
+}
+
+fn packet_socket(user: User) {
+    // AF_PACKET = 17, protocol htons(ETH_P_ALL = 3) = 0x0300.
+    raw_socket(user, 17, 0x0300);
+}
+
+fn mount_tmpfs(user: User) {
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+c = ctypes.c_char_p
+attempt("mount", lambda: sysc(165, c(b"tmpfs"), c(b"/tmp"), c(b"tmpfs"), ctypes.c_ulong(0), None))
+attempt("fsopen", lambda: sysc(430, c(b"tmpfs"), 0))
+attempt("pivot_root", lambda: sysc(155, c(b"/tmp"), c(b"/tmp")))
+attempt("umount", lambda: sysc(166, c(b"/proc"), 2))
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("mount", &["EPERM"])
+        .assert_value_in("fsopen", &["EPERM"])
+        .assert_value_in("pivot_root", &["EPERM"])
+        .assert_value_in("umount", &["EPERM"]);
+}
+
+fn unshare_new_user_namespace(user: User) {
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+CLONE_NEWUSER, CLONE_NEWNS, SIGCHLD = 0x10000000, 0x00020000, 17
+attempt("unshare_user", lambda: sysc(272, CLONE_NEWUSER))
+attempt("unshare_mnt", lambda: sysc(272, CLONE_NEWNS))
+def clone_user():
+    r = sysc(56, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)
+    if r == 0:
+        os._exit(0)
+    os.waitpid(r, 0)
+    return "cloned"
+attempt("clone_user", clone_user)
+attempt("setns", lambda: sysc(308, os.open("/proc/self/ns/user", os.O_RDONLY), CLONE_NEWUSER))
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("unshare_user", &["EPERM"])
+        .assert_value_in("unshare_mnt", &["EPERM"])
+        .assert_value_in("clone_user", &["EPERM"])
+        .assert_value_in("setns", &["EPERM"]);
+}
+
+fn clone3_is_enosys(user: User) {
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+# A zero-sized clone_args: the kernel itself would say EINVAL; the filter says ENOSYS first.
+attempt("clone3", lambda: sysc(435, None, 0))
+def fork_works():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+attempt("fork", fork_works)
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("clone3", &["ENOSYS"])
+        .assert_line("fork: OK 7");
+}
+
+fn ptrace_init(user: User) {
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+PTRACE_ATTACH, PTRACE_SEIZE = 16, 0x4206
+attempt("attach_init", lambda: sysc(101, PTRACE_ATTACH, 1, 0, 0))
+attempt("seize_init", lambda: sysc(101, PTRACE_SEIZE, 1, 0, 0))
+attempt("attach_parent", lambda: sysc(101, PTRACE_ATTACH, os.getppid(), 0, 0))
+attempt("vm_readv_init", lambda: sysc(310, 1, 0, 0, 0, 0, 0))
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("attach_init", &["EPERM"])
+        .assert_value_in("seize_init", &["EPERM"])
+        .assert_value_in("attach_parent", &["EPERM"])
+        .assert_value_in("vm_readv_init", &["EPERM"]);
+}
+
+fn kill_host_process(user: User) {
+    // The victim runs as the same user as calyx-run, so only the sandbox protects it.
+    let mut argv = user.prefix();
+    argv.extend(["/usr/bin/sleep", "60"].map(Into::into));
+    let mut victim = Running::start(&argv, &[], None);
+    let pid = victim.pid().to_string();
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+import signal
+pid = int(sys.argv[1])
+attempt("kill_host_pid", lambda: os.kill(pid, signal.SIGKILL))
+attempt("pidfd_open", lambda: sysc(434, pid, 0))
+# kill(-1) reaches every process the caller may signal; only try it when the host pid is
+# invisible, so a broken pid namespace cannot take the host down with the test.
+if os.path.exists(f"/proc/{pid}") or os.getpid() > 10:
+    print("kill_all: NOT TRIED (host pids visible)")
+else:
+    attempt("kill_all", lambda: os.kill(-1, signal.SIGKILL))
+sys.exit(42)
+"#,
+        &[&pid],
+    );
+    let alive = victim.child.try_wait().unwrap().is_none();
+    let _ = victim.child.kill();
+    let _ = victim.child.wait();
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("kill_host_pid", &["ESRCH", "EPERM"])
+        .assert_value_in("pidfd_open", &["ESRCH", "EPERM"]);
+    assert!(
+        out.value("kill_all").is_some_and(|v| v.starts_with("OK")),
+        "kill(-1) inside the sandbox should only reach the sandbox: {out}"
+    );
+    assert!(
+        alive,
+        "the host process {pid} was killed from the sandbox: {out}"
+    );
+}
+
+fn tiocsti_on_stdin(user: User) {
+    let mut sb = Sandbox::new().wiring(Wiring::Pty);
+    let out = sb.run_py(
+        user,
+        r#"
+import fcntl, termios
+print(f"isatty: {os.isatty(0)}", flush=True)
+attempt("tiocsti", lambda: fcntl.ioctl(0, termios.TIOCSTI, b"x"))
+attempt("tioclinux", lambda: fcntl.ioctl(0, 0x541C, b"\x06\x00"))
+print(f"sid_is_self: {os.getsid(0) == os.getpid()}", flush=True)
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("tiocsti", &["EPERM"])
+        .assert_value_in("tioclinux", &["EPERM"]);
+    eprintln!("tiocsti: payload saw isatty = {:?}", out.value("isatty"));
+}
+
+fn caller_env_secret(user: User) {
+    let secret = unique("envsecret");
+    let mut sb = Sandbox::new().caller_env("CALYX_TEST_SECRET", &secret);
+    let out = sb.run_py(
+        user,
+        r#"
+for k, v in sorted(os.environ.items()):
+    print(f"env {k}={v}")
+attempt("init_environ", lambda: open("/proc/1/environ", "rb").read())
+attempt("parent_environ", lambda: open(f"/proc/{os.getppid()}/environ", "rb").read())
+attempt("self_environ", lambda: open("/proc/self/environ", "rb").read())
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_absent(&secret)
+        .assert_absent("CALYX_TEST_SECRET");
+}
+
+fn caller_open_fd(user: User) {
+    let sb = Sandbox::new();
+    let secret_value = unique("fdsecret");
+    let secret = sb.file("fd-secret.txt", &secret_value, 0o600);
+    let mut sb = sb.wiring(Wiring::LeakFd7(secret));
+    let out = sb.run_py(
+        user,
+        r#"
+fds = sorted(int(f) for f in os.listdir("/proc/self/fd"))
+print(f"fds: {fds}")
+attempt("fd7", lambda: os.read(7, 200))
+for fd in range(3, 64):
+    try:
+        data = os.pread(fd, 200, 0)
+        print(f"fd{fd} readable: {data!r}")
+    except OSError:
+        pass
+def init_fds():
+    out = []
+    for f in os.listdir("/proc/1/fd"):
+        try:
+            out.append(open(f"/proc/1/fd/{f}", "rb").read(200))
+        except OSError as e:
+            out.append(errno.errorcode.get(e.errno))
+    return out
+attempt("init_fds", init_fds)
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("fd7", &["EBADF"])
+        .assert_absent(&secret_value);
+    let fds = out.value("fds").unwrap_or_default();
+    // 0-2 and the directory listing /proc/self/fd itself (3): nothing else may exist.
+    assert!(
+        fds == "[0, 1, 2]" || fds == "[0, 1, 2, 3]",
+        "unexpected fds in the payload: {fds}\n{out}"
+    );
+}
+
+fn survive_runner_sigkill(user: User) {
+    let sb = Sandbox::new();
+    let work = sb.mkdir("work", 0o755);
+    let marker = unique("calyx-escape-marker");
+    let hb = work.join("hb");
+    let mut sb = sb.write(&work).timeout_secs(60);
+    let code = format!(
+        "{}\n{}",
+        common::PY_PRELUDE,
+        r#"
+import time
+hb = sys.argv[1] + "/hb"
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    if os.fork() == 0:
+        while True:
+            with open(hb, "a") as f:
+                f.write("x")
+            time.sleep(0.05)
+    os._exit(0)
+os.waitpid(pid, 0)
+time.sleep(60)
+"#
+    );
+    let mut run = sb.spawn_as(user, &[common::PYTHON, "-c", &code, s(&work), &marker]);
+    let until = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(&hb).map(|m| m.len()).unwrap_or(0) < 3 {
+        if Instant::now() > until || run.child.try_wait().unwrap().is_some() {
+            let out = run.finish(Duration::ZERO);
+            kill_pids(&pids_with_marker(&marker));
+            panic!("the heartbeat never started: {out}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let before_kill = pids_with_marker(&marker);
+    assert!(
+        !before_kill.is_empty(),
+        "marker search found nothing while running"
+    );
+    run.child.kill().unwrap();
+    let out = run.finish(Duration::from_secs(2));
+    // Give pid-namespace teardown a moment, then the heartbeat must stand still.
+    let mut survivors = pids_with_marker(&marker);
+    let until = Instant::now() + Duration::from_secs(3);
+    while !survivors.is_empty() && Instant::now() < until {
+        thread::sleep(Duration::from_millis(50));
+        survivors = pids_with_marker(&marker);
+    }
+    let len1 = fs::metadata(&hb).unwrap().len();
+    thread::sleep(Duration::from_millis(500));
+    let len2 = fs::metadata(&hb).unwrap().len();
+    kill_pids(&survivors);
+    assert!(
+        survivors.is_empty(),
+        "sandbox processes outlived the SIGKILLed runner: {survivors:?} (were {before_kill:?})\n{out}"
+    );
+    assert_eq!(
+        len1, len2,
+        "the heartbeat kept growing after the runner died\n{out}"
+    );
+}
+
+fn status_field<'a>(status: &'a str, key: &str) -> Vec<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
+fn setuid_binary(user: User) {
+    let sb = Sandbox::new();
+    let dir = sb.mkdir("suid", 0o755);
+    let cat = dir.join("cat");
+    fs::copy("/usr/bin/cat", &cat).unwrap();
+    common::chown(&cat, 0);
+    // setuid and setgid root; chmod after chown, which clears the bits.
+    set_mode(&cat, 0o6755);
+    let mut sb = sb
+        .read(&dir)
+        .exec(&dir)
+        .commands(&[&format!("{} /proc/self/status", s(&cat))]);
+    let out = sb.run_as(user, &[s(&cat), "/proc/self/status"]);
+    out.assert_code(0);
+    let uid = status_field(&out.stdout, "Uid:");
+    let gid = status_field(&out.stdout, "Gid:");
+    assert!(
+        uid.len() == 4 && uid.iter().all(|u| *u == uid[0]),
+        "uid changed: {uid:?}\n{out}"
+    );
+    assert!(
+        gid.len() == 4 && gid.iter().all(|g| *g == gid[0]),
+        "gid changed: {gid:?}\n{out}"
+    );
+    if user == User::Nobody {
+        assert_ne!(uid[1], "0", "nobody became root: {out}");
+    }
+    for cap in ["CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(
+            status_field(&out.stdout, cap),
+            ["0000000000000000"],
+            "{cap} after exec of a setuid binary\n{out}"
+        );
+    }
+}
+
+fn proc_shows_only_sandbox(user: User) {
+    let host_init = fs::read("/proc/1/cmdline").unwrap();
+    let host_init = String::from_utf8_lossy(&host_init).replace('\0', " ");
+    let me = std::process::id().to_string();
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+print(f"pids: {pids}")
+print(f"count: {len(pids)}")
+print(f"self: {os.getpid()}")
+attempt("init", lambda: open("/proc/1/cmdline", "rb").read().replace(b"\0", b" ").decode())
+attempt("init_comm", lambda: open("/proc/1/comm").read().strip())
+attempt("host_test_pid", lambda: open(f"/proc/{sys.argv[1]}/cmdline", "rb").read())
+sys.exit(42)
+"#,
+        &[&me],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("host_test_pid", &["ENOENT"]);
+    let count: usize = out.value("count").unwrap_or("999").parse().unwrap();
+    assert!(count <= 5, "the payload sees {count} processes: {out}");
+    let pid: u32 = out.value("self").unwrap_or("999").parse().unwrap();
+    assert!(
+        pid <= 5,
+        "the payload's pid is {pid}, not in a fresh pid namespace: {out}"
+    );
+    let init = out.value("init").unwrap_or_default();
+    let comm = out.value("init_comm").unwrap_or_default();
+    assert!(
+        !init.contains(host_init.trim()),
+        "pid 1 inside is the host's init: {out}"
+    );
+    assert!(
+        init.contains("calyx") || comm.contains("calyx"),
+        "pid 1 inside is not calyx's init: {out}"
+    );
+}
+
+fn cwd_inside_new_root(user: User) {
+    let sb = Sandbox::new();
+    let secret_value = unique("cwdsecret");
+    let cwd = sb.mkdir("caller-cwd", 0o755);
+    sb.file("caller-cwd/cwd-secret.txt", &secret_value, 0o644);
+    let mut sb = sb.caller_cwd(&cwd);
+    let out = sb.run_py(
+        user,
+        r#"
+attempt("getcwd", os.getcwd)
+attempt("same_as_path", lambda: os.path.samestat(os.stat("."), os.stat(os.getcwd())))
+attempt("open_secret", lambda: open("cwd-secret.txt").read())
+attempt("listdir", lambda: os.listdir("."))
+attempt("up", lambda: os.listdir("../../../.."))
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_line("same_as_path: OK True")
+        .assert_value_in("open_secret", READ_DENIED)
+        .assert_absent(&secret_value);
+    let got = out.value("getcwd").unwrap_or_default();
+    assert!(
+        got.starts_with("OK '/") && !got.contains("unreachable"),
+        "cwd is not inside the new root: {out}"
+    );
+}
+
+fn capabilities_all_zero(user: User) {
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+for line in open("/proc/self/status"):
+    k, _, v = line.partition(":")
+    if k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"):
+        print(f"{k}: {v.strip()}")
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE);
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        out.assert_value_in(cap, &["0000000000000000"]);
+    }
+    out.assert_value_in("NoNewPrivs", &["1"])
+        .assert_value_in("Seccomp", &["2"]);
+}
+
+fn hostname_not_hosts(user: User) {
+    let host_name = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host_name = host_name.trim().to_owned();
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+print(f"hostname: {socket.gethostname()}")
+attempt("sethostname", lambda: sysc(170, ctypes.c_char_p(b"pwned"), 5))
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("sethostname", &["EPERM"]);
+    assert_ne!(out.value("hostname"), Some(host_name.as_str()), "{out}");
+    assert_eq!(
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim(),
+        host_name
+    );
+}
