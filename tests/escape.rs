@@ -582,6 +582,18 @@ fn setuid_binary(user: User) {
     common::chown(&cat, 0);
     // setuid and setgid root; chmod after chown, which clears the bits.
     set_mode(&cat, 0o6755);
+    if user == User::Nobody {
+        // Control on the host: the copy really is setuid root there, so what follows
+        // measures the sandbox and not a filesystem that ignores the bit.
+        let mut argv = user.prefix();
+        argv.extend([cat.clone().into_os_string(), "/proc/self/status".into()]);
+        let host = Running::start(&argv, &[], None).finish(common::RUN_DEADLINE);
+        assert_eq!(
+            status_field(&host.stdout, "Uid:").get(1),
+            Some(&"0"),
+            "{host}"
+        );
+    }
     let mut sb = sb
         .read(&dir)
         .exec(&dir)

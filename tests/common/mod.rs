@@ -660,6 +660,17 @@ impl Sandbox {
         }
     }
 
+    /// Adds only the human signature to `lease` (the policy also needs an agent).
+    pub fn sign_human_only(&self, lease: &Path) {
+        calyx_ok(&[
+            OsStr::new("lease"),
+            "sign".as_ref(),
+            lease.as_os_str(),
+            "--key".as_ref(),
+            self.human_key.as_os_str(),
+        ]);
+    }
+
     /// Issues (and, per [`Signing`], cosigns) a lease for this run and makes it readable.
     pub fn prepared_lease(&mut self) -> PathBuf {
         let lease = self.issue();
@@ -670,10 +681,25 @@ impl Sandbox {
         lease
     }
 
+    /// State dir of the latest run (a fresh one per issued lease).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(format!("state-{}", self.runs))
+    }
+
+    /// Audit log of the latest run.
+    pub fn audit_log(&self) -> PathBuf {
+        self.state_dir().join("audit.jsonl")
+    }
+
+    /// The audit log of the latest run as text (empty when it does not exist).
+    pub fn audit_text(&self) -> String {
+        fs::read_to_string(self.audit_log()).unwrap_or_default()
+    }
+
     /// The full argv that starts calyx-run as `user` with `lease` and `cmd`.
     pub fn run_argv(&mut self, user: User, lease: &Path, cmd: &[&str]) -> Vec<OsString> {
         // A fresh state dir per run: the ledger counts lease uses, and runs must not share it.
-        let state = self.dir.path().join(format!("state-{}", self.runs));
+        let state = self.state_dir();
         fs::create_dir_all(&state).unwrap_or_else(|e| panic!("mkdir {state:?}: {e}"));
         chown(&state, user.uid());
         for w in &self.write {

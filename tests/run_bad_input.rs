@@ -1,0 +1,272 @@
+//! Bad input to `calyx-run` (issue #3, SPEC §3.4 and §4.5): each case asserts the documented
+//! exit code, the key part of the message, and that nothing ran — the allowed command would
+//! have created a marker file in a write grant, and it must not exist afterwards. Every case
+//! runs as root and as `nobody`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::{Outcome, Sandbox, Signing, User, set_mode};
+
+both_users!(
+    unknown_profile,
+    read_path_missing,
+    empty_command,
+    argv_not_allowed,
+    lease_for_another_host,
+    command_missing_in_view,
+    command_not_executable,
+    tampered_lease,
+    unsigned_lease,
+    one_signature_only,
+    trust_policy_world_writable,
+    lease_replayed,
+);
+
+/// Only meaningful for an unprivileged caller: for root, real and effective uid are equal.
+#[test]
+fn started_setuid_as_nobody() {
+    if common::tier_ready(User::Nobody, "started_setuid_as_nobody") {
+        started_setuid(User::Nobody);
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A scenario whose allowed command is `/usr/bin/touch <work>/marker`.
+struct Marked {
+    sb: Sandbox,
+    marker: PathBuf,
+    touch: String,
+}
+
+impl Marked {
+    fn new() -> Marked {
+        let sb = Sandbox::new();
+        let work = sb.mkdir("work", 0o755);
+        let marker = work.join("marker");
+        let touch = format!("/usr/bin/touch {}", marker.display());
+        let sb = sb.write(&work).commands(&[&touch]);
+        Marked { sb, marker, touch }
+    }
+
+    /// The allowed argv, owned, so it can be passed while `sb` is borrowed mutably.
+    fn argv(&self) -> Vec<String> {
+        self.touch.split(' ').map(str::to_owned).collect()
+    }
+
+    fn run(&mut self, user: User) -> Outcome {
+        let argv = self.argv();
+        self.sb.run_as(user, &strs(&argv))
+    }
+
+    /// Nothing ran: no marker, and no STARTED record in the audit log.
+    fn assert_nothing_ran(&self, out: &Outcome) {
+        assert!(!self.marker.exists(), "the command ran anyway: {out}");
+        let audit = self.sb.audit_text();
+        assert!(
+            !audit.contains("exec_event.STARTED"),
+            "the audit log records a start for a refused run:\n{audit}\n{out}"
+        );
+    }
+
+    /// A lease refusal writes `lease_event.REJECTED` (SPEC §3.4).
+    fn assert_rejected_audited(&self, out: &Outcome) {
+        let audit = self.sb.audit_text();
+        assert!(
+            audit.contains("lease_event.REJECTED"),
+            "no lease_event.REJECTED in the audit log:\n{audit}\n{out}"
+        );
+    }
+}
+
+fn unknown_profile(user: User) {
+    let mut m = Marked::new();
+    m.sb = m.sb.issue_arg("--profile").issue_arg("no-such-profile-zq");
+    let out = m.run(user);
+    out.assert_code(78).assert_stderr_has("no-such-profile-zq");
+    m.assert_nothing_ran(&out);
+}
+
+fn read_path_missing(user: User) {
+    let mut m = Marked::new();
+    let missing = m.sb.root().join("does-not-exist");
+    m.sb = m.sb.read(&missing);
+    let out = m.run(user);
+    assert!(matches!(out.code(), 77 | 78), "missing read path: {out}");
+    out.assert_stderr_has(missing.to_str().unwrap());
+    m.assert_nothing_ran(&out);
+}
+
+fn empty_command(user: User) {
+    let mut m = Marked::new();
+    let out = m.sb.run_as(user, &[]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.to_lowercase().contains("usage") || out.stderr.contains("command"),
+        "the usage error does not say what is missing: {out}"
+    );
+    m.assert_nothing_ran(&out);
+    // An empty string as the command is not a command either.
+    let out = m.sb.run_as(user, &[""]);
+    assert!(matches!(out.code(), 2 | 77), "empty argv[0]: {out}");
+    m.assert_nothing_ran(&out);
+}
+
+fn argv_not_allowed(user: User) {
+    let mut m = Marked::new();
+    let other = m.sb.root().join("work/other");
+    let other_s = other.to_str().unwrap().to_owned();
+    let out = m.sb.run_as(user, &["/usr/bin/touch", &other_s]);
+    out.assert_code(77).assert_stderr_has("commands[0]");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+    assert!(!other.exists(), "the disallowed argv ran: {out}");
+    // A different executable with the allowed arguments is refused too.
+    let marker = m.marker.to_str().unwrap().to_owned();
+    let out =
+        m.sb.run_as(user, &["/bin/sh", "-c", &format!("touch {marker}")]);
+    out.assert_code(77).assert_stderr_has("commands[0]");
+    m.assert_nothing_ran(&out);
+}
+
+fn lease_for_another_host(user: User) {
+    let mut m = Marked::new();
+    m.sb = m.sb.issue_arg("--host").issue_arg("other-host-zq");
+    let out = m.run(user);
+    out.assert_code(77).assert_stderr_has("host");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn command_missing_in_view(user: User) {
+    let mut m = Marked::new();
+    m.sb = m.sb.command("/opt/calyx-missing-zq/tool");
+    let out = m.sb.run_as(user, &["/opt/calyx-missing-zq/tool"]);
+    out.assert_code(127)
+        .assert_stderr_has("/opt/calyx-missing-zq/tool");
+    m.assert_nothing_ran(&out);
+}
+
+fn command_not_executable(user: User) {
+    let mut m = Marked::new();
+    let data = m.sb.mkdir("data", 0o755);
+    let script = data.join("script.sh");
+    fs::write(
+        &script,
+        format!("#!/bin/sh\ntouch {}\n", m.marker.display()),
+    )
+    .unwrap();
+    set_mode(&script, 0o644);
+    let script_s = script.to_str().unwrap().to_owned();
+    m.sb = m.sb.read(&data).command(&script_s);
+    let out = m.sb.run_as(user, &[&script_s]);
+    out.assert_code(126).assert_stderr_has(&script_s);
+    m.assert_nothing_ran(&out);
+}
+
+/// Flips one byte of the signed payload (`INT-test` → `INT-tesu`) and keeps the signatures.
+fn tamper(lease: &Path) {
+    let text = fs::read_to_string(lease).unwrap();
+    let mut env: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let payload = env["payload"].as_str().expect("envelope has a payload");
+    let mut bytes = STANDARD.decode(payload).unwrap();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"INT-test")
+        .expect("payload names the intent");
+    bytes[at + 7] = b'u';
+    env["payload"] = STANDARD.encode(&bytes).into();
+    fs::write(lease, serde_json::to_vec(&env).unwrap()).unwrap();
+}
+
+fn tampered_lease(user: User) {
+    let mut m = Marked::new();
+    let lease = m.sb.prepared_lease();
+    tamper(&lease);
+    let argv = m.argv();
+    let out = m.sb.run_with_lease(user, &lease, &strs(&argv));
+    out.assert_code(77).assert_stderr_has("signature");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn unsigned_lease(user: User) {
+    let mut m = Marked::new();
+    m.sb = m.sb.signing(Signing::Unsigned);
+    let out = m.run(user);
+    out.assert_code(77).assert_stderr_has("signature");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn one_signature_only(user: User) {
+    let mut m = Marked::new();
+    m.sb = m.sb.signing(Signing::Unsigned);
+    let lease = m.sb.prepared_lease();
+    m.sb.sign_human_only(&lease);
+    let argv = m.argv();
+    let out = m.sb.run_with_lease(user, &lease, &strs(&argv));
+    // SPEC §3.4: "needs 1 agent signature from …, has 0".
+    out.assert_code(77).assert_stderr_has("agent");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn trust_policy_world_writable(user: User) {
+    let mut m = Marked::new();
+    set_mode(m.sb.trust(), 0o666);
+    let out = m.run(user);
+    let trust = m.sb.trust().to_str().unwrap().to_owned();
+    out.assert_code(78).assert_stderr_has(&trust);
+    m.assert_nothing_ran(&out);
+}
+
+fn lease_replayed(user: User) {
+    let mut m = Marked::new();
+    let lease = m.sb.prepared_lease();
+    let argv = m.argv();
+    let first = m.sb.run_with_lease(user, &lease, &strs(&argv));
+    first.assert_code(0);
+    assert!(
+        m.marker.exists(),
+        "the first, valid run did not run: {first}"
+    );
+    fs::remove_file(&m.marker).unwrap();
+    // Same lease (max_uses 1), same state dir: the ledger must refuse the second use.
+    let second = m.sb.run_with_lease(user, &lease, &strs(&argv));
+    second.assert_code(77).assert_stderr_has("use");
+    assert!(!m.marker.exists(), "the replayed lease ran again: {second}");
+}
+
+fn started_setuid(user: User) {
+    let mut m = Marked::new();
+    // A setuid-root copy of calyx-run: SPEC §4.2 says it refuses to run at all.
+    let bin = m.sb.mkdir("bin", 0o755).join("calyx-run");
+    fs::copy(common::run_bin(), &bin).unwrap();
+    common::chown(&bin, 0);
+    set_mode(&bin, 0o4755);
+    let lease = m.sb.prepared_lease();
+    let cmd = m.argv();
+    let mut argv = m.sb.run_argv(user, &lease, &strs(&cmd));
+    let at = argv
+        .iter()
+        .position(|a| Path::new(a) == common::run_bin())
+        .unwrap();
+    argv[at] = bin.clone().into_os_string();
+    let out = common::Running::start(&argv, &[], None).finish(common::RUN_DEADLINE);
+    assert!(
+        matches!(out.code(), 77 | 78 | 125),
+        "a setuid calyx-run did not refuse: {out}"
+    );
+    out.assert_stderr_has("setuid");
+    m.assert_nothing_ran(&out);
+}
