@@ -18,6 +18,10 @@
 //! fixture trees; process-wide mechanisms are tested in forked children or through the real
 //! binaries; the escape suite attacks a real sandbox as root and as an unprivileged user.
 
+pub mod cli;
 pub mod exit;
+pub mod isolate;
 pub mod lease;
 pub mod paths;
+pub mod profile;
+pub mod sys;

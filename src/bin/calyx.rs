@@ -1,5 +1,7 @@
-//! `calyx`: keys, leases, trust policies, audit, doctor.
+//! `calyx`: keys, trust policies and leases. Parse (no syscalls), then run.
+
+use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    std::process::ExitCode::from(calyx::exit::USAGE)
+    calyx::cli::calyx::run(calyx::cli::calyx::Cli::parse())
 }
