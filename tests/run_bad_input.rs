@@ -24,6 +24,7 @@ both_users!(
     command_not_executable,
     tampered_lease,
     unsigned_lease,
+    expired_lease,
     one_signature_only,
     trust_policy_world_writable,
     lease_replayed,
@@ -204,6 +205,22 @@ fn unsigned_lease(user: User) {
     m.sb = m.sb.signing(Signing::Unsigned);
     let out = m.run(user);
     out.assert_code(77).assert_stderr_has("signature");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn expired_lease(user: User) {
+    let mut m = Marked::new();
+    // Explicit past times through `--from`: valid for one hour on 2020-01-01.
+    let spec = m.sb.file(
+        "expired.json",
+        r#"{"issued_at": "2020-01-01T00:00:00Z", "not_before": "2020-01-01T00:00:00Z",
+            "expires_at": "2020-01-01T01:00:00Z"}"#,
+        0o644,
+    );
+    m.sb = m.sb.issue_arg("--from").issue_arg(spec.to_str().unwrap());
+    let out = m.run(user);
+    out.assert_code(77).assert_stderr_has("expired");
     m.assert_rejected_audited(&out);
     m.assert_nothing_ran(&out);
 }

@@ -627,7 +627,7 @@ impl Sandbox {
             args.push(value.into());
         }
         args.push("--timeout".into());
-        args.push(self.timeout_secs.to_string().into());
+        args.push(format!("{}s", self.timeout_secs).into());
         for c in &self.commands {
             args.push("--command".into());
             args.push(c.into());
