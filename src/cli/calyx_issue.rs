@@ -526,3 +526,175 @@ impl From<NetworkArg> for Network {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn commands_split_like_a_shell() {
+        let ok: &[(&str, &[&str])] = &[
+            ("/bin/sh -c *", &["/bin/sh", "-c", "*"]),
+            ("  /usr/bin/make   test ", &["/usr/bin/make", "test"]),
+            ("/bin/echo 'a b' \"c d\"", &["/bin/echo", "a b", "c d"]),
+            ("/bin/echo it\\'s", &["/bin/echo", "it's"]),
+            ("/bin/echo \"q\\\"x\\n\"", &["/bin/echo", "q\"x\\n"]),
+            ("/bin/echo '' x", &["/bin/echo", "", "x"]),
+            ("/bin/echo a'b'\"c\"", &["/bin/echo", "abc"]),
+            ("/bin/echo '$HOME' *.rs", &["/bin/echo", "$HOME", "*.rs"]),
+        ];
+        for (text, want) in ok {
+            assert_eq!(split_command(text).unwrap(), *want, "{text}");
+        }
+        for (text, why) in [
+            ("/bin/echo 'x", "has an unterminated single quote"),
+            ("/bin/echo \"x", "has an unterminated double quote"),
+            ("/bin/echo x\\", "ends with a lone backslash"),
+        ] {
+            assert_eq!(split_command(text), Err(why), "{text}");
+        }
+        assert!(matches!(
+            command_rule("   "),
+            Err(IssueError::Split {
+                reason: "is empty",
+                ..
+            })
+        ));
+    }
+
+    fn env() -> IssueEnv {
+        IssueEnv {
+            now: datetime!(2030-01-02 03:04:05.678 UTC),
+            random: [0xde, 0xad, 0xbe, 0xef],
+            user: "ops".to_owned(),
+        }
+    }
+
+    fn args() -> IssueArgs {
+        IssueArgs {
+            commands: vec!["/usr/bin/make test".to_owned()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_ids_times_and_issuer() {
+        let lease = build_lease(LeaseSpec::default(), &args(), &env()).unwrap();
+        assert_eq!(lease.lease_id, "LEASE-20300102-030405-deadbeef");
+        assert_eq!(lease.intent_id, "INT-20300102-030405-deadbeef");
+        assert_eq!(lease.issuer, "ops");
+        assert_eq!(lease.issued_at, datetime!(2030-01-02 03:04:05 UTC));
+        assert_eq!(lease.expires_at, datetime!(2030-01-02 04:04:05 UTC));
+        assert_eq!(lease.commands[0].args, ["test"]);
+        assert_eq!(lease.max_uses, 1);
+    }
+
+    #[test]
+    fn flags_override_the_spec() {
+        let spec = parse_spec(
+            "intent_id = \"INT-spec\"\nnot_before = \"2030-05-01T00:00:00Z\"\nexpires_at = \"2030-05-01T06:00:00Z\"\nnetwork = \"loopback\"\n[[commands]]\npath = \"/bin/true\"\n[limits]\npids = 10\n",
+            Path::new("s.toml"),
+        )
+        .unwrap();
+        let lease = build_lease(spec.clone(), &IssueArgs::default(), &env()).unwrap();
+        assert_eq!(lease.intent_id, "INT-spec");
+        assert_eq!(lease.expires_at, datetime!(2030-05-01 06:00:00 UTC));
+        assert_eq!(lease.commands[0].path, PathBuf::from("/bin/true"));
+        let a = IssueArgs {
+            intent: Some("INT-flag".to_owned()),
+            ttl: Some("30m".to_owned()),
+            memory: Some("64M".to_owned()),
+            network: Some(NetworkArg::None),
+            env_set: vec!["A=b=c".to_owned()],
+            ..args()
+        };
+        let lease = build_lease(spec, &a, &env()).unwrap();
+        assert_eq!(lease.intent_id, "INT-flag");
+        assert_eq!(lease.expires_at, datetime!(2030-05-01 00:30:00 UTC));
+        assert_eq!(lease.commands[0].path, PathBuf::from("/usr/bin/make"));
+        assert_eq!(lease.limits.memory_bytes, Some(64 << 20));
+        assert_eq!(lease.limits.pids, Some(10));
+        assert_eq!(lease.network, Network::None);
+        assert_eq!(lease.env.set["A"], "b=c");
+    }
+
+    #[test]
+    fn invalid_drafts_are_refused() {
+        let cases: Vec<(IssueArgs, &str)> = vec![
+            (
+                IssueArgs::default(),
+                "invalid lease: at least one --command is required",
+            ),
+            (
+                IssueArgs {
+                    commands: vec!["make test".to_owned()],
+                    ..args()
+                },
+                "invalid lease: commands[0] path make is not absolute",
+            ),
+            (
+                IssueArgs {
+                    read: vec![PathBuf::from("src")],
+                    ..args()
+                },
+                "invalid lease: read path src is not absolute",
+            ),
+            (
+                IssueArgs {
+                    ttl: Some("0s".to_owned()),
+                    ..args()
+                },
+                "invalid lease: --ttl must be more than 0s",
+            ),
+            (
+                IssueArgs {
+                    cpu: Some(0.0),
+                    ..args()
+                },
+                "invalid lease: cpu 0 must be a positive number of cores",
+            ),
+            (
+                IssueArgs {
+                    max_uses: Some(0),
+                    ..args()
+                },
+                "invalid lease: max_uses must be at least 1",
+            ),
+            (
+                IssueArgs {
+                    env_set: vec!["NOVALUE".to_owned()],
+                    ..args()
+                },
+                "--env-set \"NOVALUE\": expected NAME=VALUE",
+            ),
+        ];
+        for (a, want) in cases {
+            let err = build_lease(LeaseSpec::default(), &a, &env()).unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
+        let err = build_lease(
+            LeaseSpec::default(),
+            &IssueArgs {
+                memory: Some("lots".to_owned()),
+                ..args()
+            },
+            &env(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--memory: invalid size \"lots\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn spec_format_follows_extension_or_content() {
+        assert!(parse_spec("{\"subject\": \"x\"}", Path::new("s")).is_ok());
+        assert!(parse_spec("subject = \"x\"", Path::new("s.toml")).is_ok());
+        let err = parse_spec("{\"subjct\": \"x\"}", Path::new("s.json")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `subjct`"), "{err}");
+    }
+}

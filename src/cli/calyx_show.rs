@@ -394,3 +394,110 @@ pub fn report_json(r: &Report) -> serde_json::Value {
         "risks": r.risks,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lease(extra: serde_json::Value) -> Lease {
+        let mut v = json!({
+            "version": 1, "lease_id": "L", "intent_id": "I", "issuer": "i", "subject": "s",
+            "issued_at": "2030-01-01T00:00:00Z", "not_before": "2030-01-01T00:00:00Z",
+            "expires_at": "2030-01-01T01:00:00Z",
+            "commands": [{"path": "/usr/bin/make", "args": ["test"]}],
+            "limits": {"timeout_secs": 60}
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn risks_as_a_table() {
+        let cases: Vec<(serde_json::Value, &[&str])> = vec![
+            (json!({}), &[]),
+            (
+                json!({"paths": {"write": ["/srv/app"], "exec": ["/srv/app/bin"]}}),
+                &[
+                    "/srv/app/bin is executable and /srv/app is writable: the payload can write a program and run it",
+                ],
+            ),
+            (
+                json!({"paths": {"write": ["/srv/app"], "exec": ["/srv/app2"]}}),
+                &[],
+            ),
+            (
+                json!({"paths": {"write": ["/etc"]}}),
+                &["writes to the system path /etc"],
+            ),
+            (
+                json!({"commands": [{"path": "/bin/sh", "args": ["-c", "*"]}]}),
+                &[
+                    "commands[0] runs sh, an interpreter: it can do anything the paths and limits allow",
+                    "commands[0] (/bin/sh -c *) accepts any further arguments",
+                ],
+            ),
+            (
+                json!({"commands": [{"path": "/usr/bin/python3.12"}]}),
+                &[
+                    "commands[0] runs python3.12, an interpreter: it can do anything the paths and limits allow",
+                ],
+            ),
+            (
+                json!({"network": "loopback"}),
+                &[
+                    "network loopback: the payload may open IP sockets (on its private loopback only)",
+                ],
+            ),
+            (
+                json!({"expires_at": "2030-01-03T00:00:00Z"}),
+                &["long lifetime: 48h"],
+            ),
+            (json!({"max_uses": 5}), &["reusable: authorizes 5 runs"]),
+            (
+                json!({"limits": {}}),
+                &[
+                    "no limits: time, memory, processes and CPU are bounded only by the profile's defaults",
+                ],
+            ),
+            (
+                json!({"env": {"allow": ["LD_PRELOAD", "HOME"]}}),
+                &["passes LD_PRELOAD through from the caller, which can change what runs"],
+            ),
+        ];
+        for (extra, want) in cases {
+            assert_eq!(risks(&lease(extra.clone())), want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn relative_window_reads_naturally() {
+        let l = lease(json!({}));
+        use time::macros::datetime;
+        assert_eq!(
+            relative_window(&l, datetime!(2029-12-31 22:00:00 UTC)),
+            "not valid for another 2h"
+        );
+        assert_eq!(
+            relative_window(&l, datetime!(2030-01-01 00:01:00 UTC)),
+            "expires in 59m"
+        );
+        assert_eq!(
+            relative_window(&l, datetime!(2030-01-01 01:03:00 UTC)),
+            "expired 3m ago"
+        );
+    }
+
+    #[test]
+    fn commands_print_with_quotes_where_needed() {
+        let c = CommandRule {
+            path: PathBuf::from("/bin/echo"),
+            args: vec!["a b".into(), "it's".into(), "*".into()],
+            sha256: None,
+        };
+        assert_eq!(command_text(&c), "/bin/echo 'a b' 'it'\\''s' *");
+    }
+}
