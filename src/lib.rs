@@ -18,10 +18,14 @@
 //! fixture trees; process-wide mechanisms are tested in forked children or through the real
 //! binaries; the escape suite attacks a real sandbox as root and as an unprivileged user.
 
+pub mod audit;
 pub mod cli;
 pub mod exit;
+pub mod features;
 pub mod isolate;
 pub mod lease;
 pub mod paths;
+pub mod plan;
 pub mod profile;
+pub mod stage;
 pub mod sys;

@@ -3,6 +3,8 @@
 pub mod calyx;
 mod calyx_issue;
 mod calyx_show;
+pub mod result;
+pub mod run;
 
 use std::path::Path;
 

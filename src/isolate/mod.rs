@@ -18,5 +18,6 @@
 
 pub mod caps;
 pub mod landlock;
+pub mod mounts;
 pub mod rlimit;
 pub mod seccomp;

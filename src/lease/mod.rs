@@ -3,6 +3,7 @@
 //! The order matters and is enforced in [`verify`]: bound the input, authenticate the exact
 //! bytes against a trust policy the caller owns, only then parse the payload and check it.
 
+pub mod argv;
 mod atomic;
 pub mod envelope;
 pub mod keys;

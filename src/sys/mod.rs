@@ -1,7 +1,33 @@
-//! The only module allowed to contain `unsafe`: thin wrappers around raw system calls.
+//! Raw system calls: the only module allowed to use `unsafe`.
 //!
-//! Every `unsafe` block states, in a `// SAFETY:` comment, the invariant that makes it sound.
-//! Callers outside `sys` get safe functions returning `std::io::Result`.
+//! Every function here is a thin, typed wrapper that returns `io::Result`; callers decide what
+//! an errno means. Functions that run in the sandbox's init after `clone` allocate nothing
+//! unless noted, so they stay safe to call in a child of a (single-threaded) parent.
 #![allow(unsafe_code)]
 
+pub mod clone;
+pub mod fs;
+pub mod net;
+pub mod proc;
 pub mod proc_ctl;
+pub mod signal;
+
+use std::io;
+
+/// Turns a `-1`-on-error return value into `io::Result`, reading errno at once.
+pub(crate) fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Same as [`check`] for calls returning `c_int`.
+pub(crate) fn check_int(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}

@@ -1,0 +1,402 @@
+//! `calyx-run`: verify a lease, plan, run the command in the sandbox, report.
+//!
+//! [`Args`] is pure clap parsing (no syscalls); [`main`] does the rest in the order of
+//! SPEC §4.1 and maps every failure to a SPEC §4.5 exit code.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+
+use crate::audit::{AuditLog, Durability, RunIds, names};
+use crate::exit;
+use crate::features;
+use crate::lease::model::Lease;
+use crate::lease::trust::TrustPolicy;
+use crate::lease::verify::{self, VerifyContext};
+use crate::plan::{self, Plan, PlanInput, ProfileSpec, RealFs, SystemEntry};
+use crate::profile::{Profile, ViewEntry};
+use crate::stage::confine::Confinement;
+use crate::stage::parent::{self, Outcome, RunReport};
+use crate::sys;
+
+use super::result::{Enforcement, RunResult};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0-123  the command's own exit status
+  128+N  the command was killed by signal N (not sent by calyx)
+  77     refused: lease or authorization (nothing ran)
+  78     refused: bad configuration, profile or trust policy (nothing ran)
+  124    wall-clock timeout
+  125    calyx could not set up the sandbox, or a required layer is missing (nothing ran)
+  126    command not executable inside the sandbox
+  127    command not found inside the sandbox
+  137    halted by the sentinel";
+
+/// Command-line arguments of `calyx-run`.
+#[derive(Debug, Parser)]
+#[command(name = "calyx-run", version, about = "Verify a lease and run one command inside the calyx sandbox", after_help = EXIT_CODES)]
+pub struct Args {
+    /// Signed lease envelope (DSSE JSON).
+    #[arg(long, value_name = "FILE")]
+    pub lease: PathBuf,
+    /// Trust policy (default: /etc/calyx/trust.toml for root, XDG config otherwise; CALYX_TRUST).
+    #[arg(long, value_name = "POLICY")]
+    pub trust: Option<PathBuf>,
+    /// State directory (default: /var/lib/calyx or XDG state; CALYX_STATE_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Audit log (default: STATE_DIR/audit.jsonl; CALYX_AUDIT_LOG).
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Print the machine result (or, with --dry-run, the plan) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the machine result to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub result: Option<PathBuf>,
+    /// Verify and plan, print the plan, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The command: absolute executable path as in the lease, then its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+/// A refusal or failure before the payload: message and exit code.
+struct Stop {
+    code: u8,
+    outcome: Outcome,
+    message: String,
+}
+
+fn stop(code: u8, outcome: Outcome, message: impl Into<String>) -> Stop {
+    Stop {
+        code,
+        outcome,
+        message: message.into(),
+    }
+}
+
+/// Runs `calyx-run` with parsed arguments; returns the process exit code.
+pub fn main(args: Args) -> u8 {
+    let started = Instant::now();
+    // Started setuid/setgid (or with file capabilities), calyx refuses: it is built to run with
+    // exactly the caller's privileges and must never be a confused deputy.
+    let ids = sys::proc::ids();
+    if ids.uid != ids.euid || ids.gid != ids.egid || sys::proc::at_secure() {
+        eprintln!(
+            "calyx-run: refusing to run setuid or setgid (real uid {}, effective uid {}); install calyx-run without the setuid bit",
+            ids.uid, ids.euid
+        );
+        return exit::SETUP_FAILED;
+    }
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let mut loc = crate::paths::default_locations(ids.euid, &lookup);
+    if let Some(d) = &args.state_dir {
+        loc.audit_log = d.join("audit.jsonl");
+        loc.state_dir = d.clone();
+    }
+    if let Some(t) = &args.trust {
+        loc.trust = t.clone();
+    }
+    if let Some(a) = &args.audit_log {
+        loc.audit_log = a.clone();
+    }
+    if lookup("CALYX_AUDIT_LOG").is_some_and(|v| !v.is_empty()) && args.audit_log.is_none() {
+        loc.audit_log = PathBuf::from(lookup("CALYX_AUDIT_LOG").unwrap_or_default());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let mut ids_audit = RunIds {
+        run_id: new_run_id(),
+        lease_id: None,
+        intent_id: None,
+    };
+
+    // The audit log first: a run whose records cannot be written does not happen. A dry run
+    // runs nothing and records nothing.
+    let mut audit = if args.dry_run {
+        None
+    } else {
+        match AuditLog::open(&loc.audit_log, host.clone()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("calyx-run: {e}");
+                return exit::SETUP_FAILED;
+            }
+        }
+    };
+    let mut result = RunResult::new(&ids_audit.run_id, &args.command);
+
+    let prepared = prepare(&args, &loc.trust, ids, &env);
+    let (lease, plan, profile) = match prepared {
+        Ok(p) => p,
+        Err((lease_ids, s)) => {
+            if let Some((lease_id, intent_id)) = lease_ids {
+                ids_audit.lease_id = Some(lease_id);
+                ids_audit.intent_id = Some(intent_id);
+            }
+            eprintln!("calyx-run: {}", s.message);
+            if let Some(a) = audit.as_mut() {
+                let fields =
+                    json!({"reason": s.message, "exit_code": s.code, "argv": args.command});
+                if let Err(e) = a.append(
+                    names::LEASE_REJECTED,
+                    &ids_audit,
+                    fields,
+                    Durability::Synced,
+                ) {
+                    eprintln!("calyx-run: {e}");
+                }
+            }
+            result.fail(&ids_audit, s.outcome, s.code, s.message, started.elapsed());
+            emit(&args, &result);
+            return s.code;
+        }
+    };
+    ids_audit.lease_id = Some(lease.lease_id.clone());
+    ids_audit.intent_id = Some(lease.intent_id.clone());
+
+    if args.dry_run {
+        print_plan(&args, &lease, &plan);
+        return 0;
+    }
+    let code = run_planned(
+        &args,
+        &plan,
+        &profile,
+        audit.as_mut(),
+        &ids_audit,
+        &mut result,
+        started,
+    );
+    emit(&args, &result);
+    code
+}
+
+type Prepared = (Lease, Plan, Profile);
+
+/// Verify → profile → features → plan. Returns the lease (when parsed) with every refusal.
+fn prepare(
+    args: &Args,
+    trust: &Path,
+    ids: sys::proc::Ids,
+    env: &[(String, String)],
+) -> Result<Prepared, (Option<(String, String)>, Stop)> {
+    let policy = TrustPolicy::load(trust, ids.uid)
+        .map_err(|e| (None, stop(e.exit_code(), Outcome::Rejected, e.to_string())))?;
+    let raw = verify::read_lease_file(&args.lease).map_err(|e| {
+        (
+            None,
+            stop(e.exit_code(), Outcome::Rejected, format!("refused: {e}")),
+        )
+    })?;
+    let ctx = VerifyContext {
+        now: time::OffsetDateTime::now_utc(),
+        host_ids: verify::local_host_ids(),
+    };
+    let verified = verify::verify_envelope_bytes(&raw, &policy, &ctx).map_err(|e| {
+        (
+            None,
+            stop(e.exit_code(), Outcome::Rejected, format!("refused: {e}")),
+        )
+    })?;
+    let lease = verified.lease;
+    let with = |l: &Lease, s: Stop| (Some((l.lease_id.clone(), l.intent_id.clone())), s);
+    let profile = Profile::builtin(&lease.profile).map_err(|e| {
+        with(
+            &lease,
+            stop(e.exit_code(), Outcome::Rejected, e.to_string()),
+        )
+    })?;
+    let spec = profile_spec(&profile).map_err(|e| {
+        with(
+            &lease,
+            stop(e.exit_code(), Outcome::Rejected, e.to_string()),
+        )
+    })?;
+    let features = features::probe(ids.euid);
+    let input = PlanInput {
+        lease: &lease,
+        profile: &spec,
+        features: &features,
+        argv: &args.command,
+        caller_env: env,
+        caller_ids: (ids.uid, ids.gid),
+        host: &RealFs,
+    };
+    let plan = plan::plan(&input).map_err(|e| {
+        let outcome = if e.exit_code() == exit::SETUP_FAILED {
+            Outcome::SetupFailed
+        } else {
+            Outcome::Rejected
+        };
+        with(&lease, stop(e.exit_code(), outcome, e.to_string()))
+    })?;
+    Ok((lease, plan, profile))
+}
+
+/// The planner's view of a loaded profile (its view resolved against the real host).
+fn profile_spec(p: &Profile) -> Result<ProfileSpec, crate::profile::ProfileError> {
+    let system = p
+        .resolve_view(Path::new("/"))?
+        .into_iter()
+        .map(|e| match e {
+            ViewEntry::Bind { path, exec, dir } => SystemEntry::Bind { path, exec, dir },
+            ViewEntry::Symlink { path, target } => SystemEntry::Symlink { path, target },
+        })
+        .collect();
+    Ok(ProfileSpec {
+        name: p.name.clone(),
+        system,
+        tmp_bytes: p.limits.tmp_bytes.unwrap_or(64 << 20),
+        timeout_secs: p.limits.timeout_secs.unwrap_or(600),
+        rlimits: p
+            .rlimits
+            .iter()
+            .map(|(r, v)| (r.name().to_owned(), *v))
+            .collect(),
+        require: p.layers.clone(),
+        landlock_min_abi: u32::from(p.landlock_min_abi),
+    })
+}
+
+fn run_planned(
+    args: &Args,
+    plan: &Plan,
+    profile: &Profile,
+    audit: Option<&mut AuditLog>,
+    ids: &RunIds,
+    result: &mut RunResult,
+    started: Instant,
+) -> u8 {
+    let _ = args;
+    let Some(audit) = audit else {
+        return exit::SETUP_FAILED;
+    };
+    let fail = |result: &mut RunResult, audit: &mut AuditLog, msg: String| {
+        eprintln!("calyx-run: {msg}");
+        let _ = audit.append(names::EXEC_FINISHED, ids, json!({"argv": plan.argv, "outcome": "setup_failed", "exit_code": exit::SETUP_FAILED, "error": msg}), Durability::Synced);
+        result.fail(
+            ids,
+            Outcome::SetupFailed,
+            exit::SETUP_FAILED,
+            msg,
+            started.elapsed(),
+        );
+        exit::SETUP_FAILED
+    };
+    // Everything the child will need is built now, before the clone (2 in SPEC §4.1).
+    let confine = match Confinement::prepare(plan, profile) {
+        Ok(c) => c,
+        Err(e) => return fail(result, audit, e.to_string()),
+    };
+    let mut enforcement = Enforcement::planned(plan, &confine);
+    let ctx = match crate::stage::build_init_context(plan, confine) {
+        Ok(c) => c,
+        Err(e) => return fail(result, audit, e),
+    };
+    if let Err(e) = audit.append(
+        names::LEASE_VERIFIED,
+        ids,
+        json!({"argv": plan.argv, "profile": plan.profile, "rule": plan.rule_index}),
+        Durability::Buffered,
+    ) {
+        return fail(result, audit, e.to_string());
+    }
+    let timeout = Duration::from_millis(plan.timeout_ms);
+    let mut payload_started = None;
+    let required = plan.required_layers.clone();
+    let mut on_ready = |level, abi| -> Result<(), String> {
+        enforcement.landlock_reported(level, abi);
+        if let Some(why) = enforcement.floor_violation(&required) {
+            return Err(why);
+        }
+        // STARTED is on disk before the payload exists: no run without its record.
+        audit
+            .append(
+                names::EXEC_STARTED,
+                ids,
+                json!({"argv": plan.argv, "profile": plan.profile, "enforcement": enforcement}),
+                Durability::Synced,
+            )
+            .map_err(|e| e.to_string())?;
+        payload_started = Some(Instant::now());
+        Ok(())
+    };
+    let report: RunReport = parent::run(&ctx, plan.uid_map, plan.gid_map, timeout, &mut on_ready);
+    let duration = started.elapsed();
+    if let Some(e) = &report.error {
+        if report.outcome != Outcome::Exited || report.exit_code >= exit::NOT_EXECUTABLE {
+            eprintln!("calyx-run: {e}");
+        }
+    }
+    if report.outcome == Outcome::Timeout {
+        eprintln!("calyx-run: timed out after {} ms", plan.timeout_ms);
+    }
+    result.finish(ids, &report, &enforcement, duration);
+    let name = if report.outcome == Outcome::Timeout {
+        names::EXEC_TIMEOUT
+    } else {
+        names::EXEC_FINISHED
+    };
+    let fields = json!({"argv": plan.argv, "outcome": report.outcome, "exit_code": report.exit_code, "duration_ms": duration.as_millis() as u64, "enforcement": enforcement, "usage": report.usage, "error": report.error});
+    if let Err(e) = audit.append(name, ids, fields, Durability::Synced) {
+        eprintln!("calyx-run: {e}");
+    }
+    report.exit_code
+}
+
+fn print_plan(args: &Args, lease: &Lease, plan: &Plan) {
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"lease_id": lease.lease_id, "intent_id": lease.intent_id, "plan": plan})
+            )
+            .unwrap_or_default()
+        );
+        return;
+    }
+    print!("{}", super::result::human_plan(lease, plan));
+}
+
+fn emit(args: &Args, result: &RunResult) {
+    let text = serde_json::to_string(result).unwrap_or_default();
+    if args.json && !args.dry_run {
+        println!("{text}");
+    }
+    if let Some(path) = &args.result {
+        if let Err(e) = std::fs::write(path, format!("{text}\n")) {
+            eprintln!("calyx-run: writing result {}: {e}", path.display());
+        }
+    }
+}
+
+fn new_run_id() -> String {
+    use rand_core::RngCore;
+    let mut b = [0u8; 8];
+    rand_core::OsRng.fill_bytes(&mut b);
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "RUN-{:04}{:02}{:02}-{:02}{:02}{:02}-{}",
+        now.year(),
+        now.month() as u8,
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        hex::encode(b)
+    )
+}

@@ -1,0 +1,277 @@
+//! The channel between the parent and init: a SOCK_SEQPACKET socketpair carrying fixed
+//! 16-byte messages, so neither side parses anything variable-length from the other and init
+//! never allocates to talk. EOF on it means the other side is gone.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use crate::sys;
+
+/// A setup step in init, named in failure reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    /// Waiting for the parent's go-ahead.
+    WaitForParent = 1,
+    /// Building the filesystem view.
+    Mounts = 2,
+    /// Hostname and loopback.
+    Network = 3,
+    /// Closing inherited descriptors / new session.
+    Descriptors = 4,
+    /// Opening and hashing the pinned executable.
+    PinExecutable = 5,
+    /// Dropping capabilities.
+    Capabilities = 6,
+    /// rlimits.
+    Rlimits = 7,
+    /// no_new_privs.
+    NoNewPrivs = 8,
+    /// Landlock.
+    Landlock = 9,
+    /// Forking the payload.
+    Fork = 10,
+    /// Signal handling in init.
+    Signals = 11,
+    /// Seccomp in the payload.
+    Seccomp = 12,
+}
+
+impl Step {
+    /// Human name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::WaitForParent => "wait for the parent",
+            Step::Mounts => "build the filesystem view",
+            Step::Network => "set up hostname and network",
+            Step::Descriptors => "close descriptors and start a session",
+            Step::PinExecutable => "open the pinned executable",
+            Step::Capabilities => "drop capabilities",
+            Step::Rlimits => "set rlimits",
+            Step::NoNewPrivs => "set no_new_privs",
+            Step::Landlock => "apply Landlock",
+            Step::Fork => "fork the payload",
+            Step::Signals => "set up signals",
+            Step::Seccomp => "apply seccomp",
+        }
+    }
+
+    fn from_u32(v: u32) -> Option<Step> {
+        use Step::*;
+        [
+            WaitForParent,
+            Mounts,
+            Network,
+            Descriptors,
+            PinExecutable,
+            Capabilities,
+            Rlimits,
+            NoNewPrivs,
+            Landlock,
+            Fork,
+            Signals,
+            Seccomp,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+}
+
+/// Landlock's achieved level as reported by init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LandlockLevel {
+    /// Every requested right is enforced.
+    Full,
+    /// Some rights are not enforced (older ABI).
+    Partial,
+    /// Nothing enforced.
+    None,
+}
+
+/// One message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Msg {
+    /// parent → init: maps written, build the sandbox.
+    Go,
+    /// init → parent: confined and ready to start the payload.
+    Ready {
+        /// Landlock level.
+        landlock: LandlockLevel,
+        /// Landlock ABI in use.
+        abi: u32,
+    },
+    /// parent → init: STARTED is on disk; start the payload.
+    Start,
+    /// init → parent: a setup step failed.
+    SetupFailed {
+        /// Which.
+        step: Step,
+        /// errno.
+        errno: i32,
+    },
+    /// init → parent: the pinned executable's digest differs.
+    HashMismatch,
+    /// payload → parent: execve failed.
+    ExecFailed {
+        /// errno.
+        errno: i32,
+    },
+    /// init → parent: the payload ended with this wait status.
+    Exited {
+        /// Raw wait status.
+        status: i32,
+    },
+}
+
+const LEN: usize = 16;
+
+impl Msg {
+    fn encode(self) -> [u8; LEN] {
+        let (tag, a, b): (u32, u32, i64) = match self {
+            Msg::Go => (1, 0, 0),
+            Msg::Ready { landlock, abi } => (2, landlock as u32, i64::from(abi)),
+            Msg::Start => (3, 0, 0),
+            Msg::SetupFailed { step, errno } => (4, step as u32, i64::from(errno)),
+            Msg::HashMismatch => (5, 0, 0),
+            Msg::ExecFailed { errno } => (6, 0, i64::from(errno)),
+            Msg::Exited { status } => (7, 0, i64::from(status)),
+        };
+        let mut buf = [0u8; LEN];
+        buf[..4].copy_from_slice(&tag.to_le_bytes());
+        buf[4..8].copy_from_slice(&a.to_le_bytes());
+        buf[8..].copy_from_slice(&b.to_le_bytes());
+        buf
+    }
+
+    fn decode(buf: &[u8; LEN]) -> Option<Msg> {
+        let word = |r: std::ops::Range<usize>| {
+            buf.get(r)
+                .and_then(|s| <[u8; 4]>::try_from(s).ok())
+                .map(u32::from_le_bytes)
+        };
+        let tag = word(0..4)?;
+        let a = word(4..8)?;
+        let b = i64::from_le_bytes(<[u8; 8]>::try_from(&buf[8..]).ok()?);
+        let b32 = i32::try_from(b).ok()?;
+        Some(match tag {
+            1 => Msg::Go,
+            2 => Msg::Ready {
+                landlock: match a {
+                    0 => LandlockLevel::Full,
+                    1 => LandlockLevel::Partial,
+                    2 => LandlockLevel::None,
+                    _ => return None,
+                },
+                abi: u32::try_from(b).ok()?,
+            },
+            3 => Msg::Start,
+            4 => Msg::SetupFailed {
+                step: Step::from_u32(a)?,
+                errno: b32,
+            },
+            5 => Msg::HashMismatch,
+            6 => Msg::ExecFailed { errno: b32 },
+            7 => Msg::Exited { status: b32 },
+            _ => return None,
+        })
+    }
+}
+
+/// One end of the channel.
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+/// Creates the pair (parent end, init end), both close-on-exec so neither reaches the payload.
+pub fn pair() -> io::Result<(Channel, Channel)> {
+    let (a, b) = sys::net::seqpacket_pair()?;
+    Ok((Channel { fd: a }, Channel { fd: b }))
+}
+
+impl Channel {
+    /// Wraps a raw fd (init after moving its end to a fixed number).
+    pub fn from_owned(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
+    /// Sends one message.
+    pub fn send(&self, m: Msg) -> io::Result<()> {
+        sys::net::send_packet(self.fd.as_fd(), &m.encode())
+    }
+
+    /// Receives one message; Ok(None) on EOF (the other side exited).
+    pub fn recv(&self) -> io::Result<Option<Msg>> {
+        let mut buf = [0u8; LEN];
+        let n = sys::net::recv_packet(self.fd.as_fd(), &mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if n != LEN {
+            return Err(io::Error::from_raw_os_error(libc::EPROTO));
+        }
+        Msg::decode(&buf)
+            .map(Some)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EPROTO))
+    }
+
+    /// The descriptor, for poll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Raw fd number.
+    pub fn raw(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Consumes the end, returning the fd (for renumbering).
+    pub fn into_owned(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+/// Rebuilds an OwnedFd at a fixed number; the caller must own that descriptor.
+pub fn adopt(raw: i32) -> OwnedFd {
+    sys::net::adopt_fd(raw)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_every_message() {
+        let msgs = [
+            Msg::Go,
+            Msg::Ready {
+                landlock: LandlockLevel::Partial,
+                abi: 3,
+            },
+            Msg::Start,
+            Msg::SetupFailed {
+                step: Step::Landlock,
+                errno: libc::EPERM,
+            },
+            Msg::HashMismatch,
+            Msg::ExecFailed {
+                errno: libc::ENOENT,
+            },
+            Msg::Exited { status: 0x0900 },
+        ];
+        let (a, b) = pair().unwrap();
+        for m in msgs {
+            assert_eq!(Msg::decode(&m.encode()), Some(m));
+            a.send(m).unwrap();
+            assert_eq!(b.recv().unwrap(), Some(m));
+        }
+        drop(a);
+        assert_eq!(b.recv().unwrap(), None);
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        assert_eq!(Msg::decode(&[0xff; LEN]), None);
+        assert_eq!(Msg::decode(&[0; LEN]), None);
+    }
+}

@@ -1,0 +1,210 @@
+//! calyx's init: pid 1 of the sandbox. It builds the view, confines itself, starts the payload
+//! when the parent says so, reaps every process, forwards signals, and reports the payload's
+//! status. It runs in the child of a fork-style clone of a single-threaded parent, so it may
+//! use the allocator, but everything it needs was prepared by the parent beforehand.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, IntoRawFd};
+
+use sha2::{Digest, Sha256};
+
+use crate::isolate::mounts::PreparedView;
+use crate::lease::model::Network;
+use crate::stage::channel::{self, Channel, Msg, Step};
+use crate::stage::confine::Confinement;
+use crate::sys::{self, fs as sfs, proc as sproc, signal as ssig};
+
+/// The descriptor number the channel is moved to before every other fd is closed.
+const CHANNEL_FD: i32 = 3;
+
+/// Everything init needs, prepared by the parent before the clone.
+pub struct InitContext {
+    /// The filesystem view.
+    pub view: PreparedView,
+    /// Network mode.
+    pub network: Network,
+    /// Executable path inside the view.
+    pub exe: CString,
+    /// Pinned digest (raw bytes), if any.
+    pub exe_sha256: Option<[u8; 32]>,
+    /// argv strings (kept alive for `argv_ptrs`).
+    pub argv: Vec<CString>,
+    /// Null-terminated pointer array into `argv`.
+    pub argv_ptrs: Vec<*const libc::c_char>,
+    /// env strings `K=V`.
+    pub env: Vec<CString>,
+    /// Null-terminated pointer array into `env`.
+    pub env_ptrs: Vec<*const libc::c_char>,
+    /// Capabilities, rlimits, Landlock and seccomp, precomputed.
+    pub confine: Confinement,
+}
+
+type StepResult<T> = Result<T, (Step, i32)>;
+
+fn at(step: Step) -> impl FnOnce(io::Error) -> (Step, i32) {
+    move |e: io::Error| (step, e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Runs init; never returns.
+pub fn run_init(ctx: &InitContext, channel: Channel) -> ! {
+    // Name it so `ps` on the host shows what this process is.
+    let _ = sproc::set_name(c"calyx:[init]");
+    // The runner dies → init dies → the kernel kills the whole pid namespace.
+    if sproc::set_parent_death_signal(libc::SIGKILL).is_err() {
+        sys::clone::exit_now(125);
+    }
+    let channel = match renumber_channel(channel) {
+        Ok(c) => c,
+        Err(_) => sys::clone::exit_now(125),
+    };
+    let code = match init_main(ctx, &channel) {
+        Ok(code) => code,
+        Err((step, errno)) => {
+            let _ = channel.send(Msg::SetupFailed { step, errno });
+            125
+        }
+    };
+    sys::clone::exit_now(code)
+}
+
+/// Moves the channel to fd 3 so "close everything from 4" keeps exactly it.
+fn renumber_channel(channel: Channel) -> io::Result<Channel> {
+    let raw = channel.into_owned().into_raw_fd();
+    sfs::dup_to(raw, CHANNEL_FD)?;
+    if raw != CHANNEL_FD {
+        // SAFETY-free: close the old number through an adopted OwnedFd.
+        drop(channel::adopt(raw));
+    }
+    Ok(Channel::from_owned(channel::adopt(CHANNEL_FD)))
+}
+
+fn init_main(ctx: &InitContext, channel: &Channel) -> StepResult<i32> {
+    // PDEATHSIG is set, but the parent may have died before that: its end of the channel is
+    // then closed and this read sees EOF (getppid() is 0 here: the parent is outside our pid
+    // namespace, so it cannot tell us).
+    match channel.recv().map_err(at(Step::WaitForParent))? {
+        Some(Msg::Go) => {}
+        _ => return Ok(125),
+    }
+    // Only now (maps written): a non-dumpable init has root-owned /proc files, which would have
+    // stopped an unprivileged parent from writing uid_map. From here the payload (same uid)
+    // cannot ptrace init or read its memory.
+    sproc::set_not_dumpable().map_err(at(Step::Signals))?;
+    // Mounts first: they need CAP_SYS_ADMIN in our namespace, dropped further down.
+    ctx.view
+        .apply()
+        .map_err(|e| (Step::Mounts, e.source.raw_os_error().unwrap_or(libc::EIO)))?;
+    sproc::sethostname(b"calyx").map_err(at(Step::Network))?;
+    if ctx.network == Network::Loopback {
+        sys::net::loopback_up().map_err(at(Step::Network))?;
+    }
+    // Nothing but 0-2 and the channel may reach the payload (fd leak class of escapes).
+    sfs::close_from(CHANNEL_FD as u32 + 1).map_err(at(Step::Descriptors))?;
+    // New session: the payload has no controlling terminal to inject keystrokes into (TIOCSTI).
+    sproc::setsid().map_err(at(Step::Descriptors))?;
+    // Pin the executable before dropping privileges: this fd is hashed and later executed, so
+    // nothing can be swapped between the check and the exec.
+    let pinned = match ctx.exe_sha256 {
+        None => None,
+        Some(want) => match pin_executable(ctx, want).map_err(at(Step::PinExecutable))? {
+            Some(fd) => Some(fd),
+            None => {
+                channel
+                    .send(Msg::HashMismatch)
+                    .map_err(at(Step::PinExecutable))?;
+                return Ok(125);
+            }
+        },
+    };
+    let sigfd = ssig::signalfd_handled().map_err(at(Step::Signals))?;
+    // Confinement of init itself (and so of everything it forks): capabilities, rlimits,
+    // no_new_privs, Landlock. Seccomp waits for the payload child (see spawn_payload).
+    let (landlock, abi) = ctx.confine.apply_in_init()?;
+    channel
+        .send(Msg::Ready { landlock, abi })
+        .map_err(at(Step::WaitForParent))?;
+    // The parent writes exec_event.STARTED and syncs it before answering: no run without its
+    // record.
+    match channel.recv().map_err(at(Step::WaitForParent))? {
+        Some(Msg::Start) => {}
+        _ => return Ok(125),
+    }
+    let payload = sys::clone::fork().map_err(at(Step::Fork))?;
+    if payload == 0 {
+        spawn_payload(ctx, channel, pinned);
+    }
+    Ok(reap(channel, sigfd.as_fd(), payload))
+}
+
+/// Opens the executable and hashes that descriptor; Some(fd) when the digest matches.
+fn pin_executable(ctx: &InitContext, want: [u8; 32]) -> io::Result<Option<i32>> {
+    let fd = sfs::open_read_cloexec(&ctx.exe)?;
+    let owned = channel::adopt(fd);
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = sfs::read(owned.as_fd(), &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    if hasher.finalize().as_slice() != want {
+        return Ok(None);
+    }
+    Ok(Some(owned.into_raw_fd()))
+}
+
+/// The payload child: restore signals, seccomp, exec. Never returns.
+fn spawn_payload(ctx: &InitContext, channel: &Channel, pinned: Option<i32>) -> ! {
+    // Signals were blocked for init's signalfd; a fresh program expects an empty mask.
+    if let Err(e) = ssig::reset_for_exec() {
+        let _ = channel.send(Msg::SetupFailed {
+            step: Step::Signals,
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        });
+        sys::clone::exit_now(125);
+    }
+    // Seccomp last, so only the exec itself runs between the filter and the payload.
+    if let Err((step, errno)) = ctx.confine.apply_in_payload() {
+        let _ = channel.send(Msg::SetupFailed { step, errno });
+        sys::clone::exit_now(125);
+    }
+    let err = match pinned {
+        Some(fd) => sproc::execve_fd(fd, &ctx.argv_ptrs, &ctx.env_ptrs),
+        None => sproc::execve(&ctx.exe, &ctx.argv_ptrs, &ctx.env_ptrs),
+    };
+    // The channel is close-on-exec: reaching this line means exec failed, and the parent
+    // learns why from this message rather than from a guessable exit code.
+    let errno = err.raw_os_error().unwrap_or(libc::EIO);
+    let _ = channel.send(Msg::ExecFailed { errno });
+    sys::clone::exit_now(if errno == libc::ENOENT { 127 } else { 126 })
+}
+
+/// Reaps every child, forwards SIGINT/SIGTERM/SIGHUP to the payload, and returns init's exit
+/// code once the payload is gone (init exiting then kills whatever the payload left behind).
+fn reap(channel: &Channel, sigfd: std::os::fd::BorrowedFd<'_>, payload: libc::pid_t) -> i32 {
+    loop {
+        let _ = ssig::poll(&[(sigfd, libc::POLLIN)], -1);
+        while let Ok(Some(sig)) = ssig::read_signal(sigfd) {
+            if sig != libc::SIGCHLD {
+                let _ = sproc::kill(payload, sig);
+                continue;
+            }
+            while let Ok(w) = sproc::wait4(-1, true) {
+                if w.pid <= 0 {
+                    break;
+                }
+                if w.pid == payload {
+                    let _ = channel.send(Msg::Exited { status: w.status });
+                    return if libc::WIFEXITED(w.status) {
+                        libc::WEXITSTATUS(w.status)
+                    } else {
+                        128 + libc::WTERMSIG(w.status)
+                    };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Mount, pivot_root and file-level calls used to build the sandbox's view.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr;
+
+use super::{check, check_int};
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Mount attribute bits for [`mount_setattr_recursive`].
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// No set-user-id / file capabilities.
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// No device nodes.
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// No execution.
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+fn opt_ptr(s: Option<&CStr>) -> *const libc::c_char {
+    s.map_or(ptr::null(), CStr::as_ptr)
+}
+
+/// `mount(2)`.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    // SAFETY: every pointer is either null or a NUL-terminated string borrowed for the call.
+    let ret = unsafe {
+        libc::mount(
+            opt_ptr(source),
+            target.as_ptr(),
+            opt_ptr(fstype),
+            flags,
+            opt_ptr(data).cast(),
+        )
+    };
+    check_int(ret).map(drop)
+}
+
+/// `mount_setattr(target, AT_RECURSIVE)`: adds `set` to the mount at `target` and every mount
+/// below it, atomically, which a bind remount cannot do for submounts.
+pub fn mount_setattr_recursive(target: &CStr, set: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `target` is NUL-terminated and `attr` is a live, correctly sized mount_attr.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `pivot_root(new_root, put_old)`.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: both arguments are NUL-terminated strings borrowed for the call.
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    check(ret).map(drop)
+}
+
+/// `umount2(target, MNT_DETACH)`.
+pub fn umount_detach(target: &CStr) -> io::Result<()> {
+    // SAFETY: `target` is NUL-terminated.
+    check_int(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
+/// `chdir(2)`.
+pub fn chdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    check_int(unsafe { libc::chdir(path.as_ptr()) }).map(drop)
+}
+
+/// `mkdir(2)`; an existing entry is not an error (the view is built on a fresh tmpfs, so an
+/// existing entry can only come from an earlier step of the same plan).
+pub fn mkdir_exist_ok(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    match check_int(unsafe { libc::mkdir(path.as_ptr(), mode) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
+/// Creates an empty regular file to serve as a bind mount point.
+pub fn create_empty_file(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated; the returned fd is closed right away.
+    let fd = check_int(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o600 as libc::c_uint,
+        )
+    })?;
+    // SAFETY: `fd` was just opened by us and is not used afterwards.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// `symlink(target, linkpath)`.
+pub fn symlink(target: &CStr, linkpath: &CStr) -> io::Result<()> {
+    // SAFETY: both are NUL-terminated.
+    check_int(unsafe { libc::symlink(target.as_ptr(), linkpath.as_ptr()) }).map(drop)
+}
+
+/// `open(path, O_RDONLY | O_CLOEXEC)`; the fd is returned raw because init keeps it across
+/// `fork` and hands it to `execveat`.
+pub fn open_read_cloexec(path: &CStr) -> io::Result<libc::c_int> {
+    // SAFETY: `path` is NUL-terminated.
+    check_int(unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })
+}
+
+/// `read(2)` into `buf`.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its whole length.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    Ok(check(n as libc::c_long)? as usize)
+}
+
+/// `close_range(first, ~0, 0)`: closes every descriptor from `first` up.
+pub fn close_from(first: libc::c_uint) -> io::Result<()> {
+    // SAFETY: closing descriptors is memory-safe; the caller owns every fd >= first.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
+    check(ret).map(drop)
+}
+
+/// `dup3(old, new, O_CLOEXEC)`.
+pub fn dup_to(old: libc::c_int, new: libc::c_int) -> io::Result<()> {
+    if old == new {
+        return Ok(());
+    }
+    // SAFETY: dup3 only manipulates the descriptor table.
+    check_int(unsafe { libc::dup3(old, new, libc::O_CLOEXEC) }).map(drop)
+}
+
+/// `fdatasync(2)`.
+pub fn fdatasync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed, open descriptor.
+    check_int(unsafe { libc::fdatasync(fd.as_raw_fd()) }).map(drop)
+}
+
+/// One `write(2)`; returns how many bytes the kernel took (retrying only on EINTR).
+pub fn write_once(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is readable for its whole length.
+        let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        match check(n as libc::c_long) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(|n| n as usize),
+        }
+    }
+}
