@@ -120,3 +120,79 @@ fn loopback_allows_inet_sockets_but_not_netlink() {
         );
     });
 }
+
+/// A filter answering `getcwd` with `errno` (everything else allowed), for the stacking test.
+fn getcwd_errno(errno: i32) -> seccompiler::BpfProgram {
+    let doc = serde_json::json!({ "f": {
+        "mismatch_action": "allow",
+        "match_action": { "errno": errno },
+        "filter": [{ "syscall": "getcwd" }],
+    }})
+    .to_string();
+    let arch = std::env::consts::ARCH.try_into().unwrap();
+    seccompiler::compile_from_json(doc.as_bytes(), arch)
+        .unwrap()
+        .remove("f")
+        .unwrap()
+}
+
+#[test]
+fn kernel_rule_newest_errno_wins_and_errno_beats_allow() {
+    // The filter stack relies on these two rules of the running kernel; pin them.
+    for (first, second) in [(libc::EPERM, libc::ENOSYS), (libc::ENOSYS, libc::EPERM)] {
+        let (a, b) = (getcwd_errno(first), getcwd_errno(second));
+        let got = std::thread::spawn(move || {
+            seccompiler::apply_filter(&a).unwrap();
+            seccompiler::apply_filter(&b).unwrap();
+            std::env::current_dir().unwrap_err().raw_os_error()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, Some(second), "installed {first} then {second}");
+    }
+    // An allowlist that allows clone3 cannot override the clone3 filter's ENOSYS.
+    let programs = build_program(&Profile::builtin("default").unwrap(), Network::None).unwrap();
+    let got = std::thread::spawn(move || {
+        apply_seccomp_on_current_thread(&programs).unwrap();
+        proc_ctl::probe_clone3().unwrap_err().raw_os_error()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(got, Some(libc::ENOSYS));
+}
+
+#[test]
+// Regression: with the allowlist installed first, strict (which does not allow seccomp(2))
+// made the next filter's installation fail with EPERM.
+fn strict_profile_installs_although_its_allowlist_denies_seccomp() {
+    filtered("strict", Network::None, || {
+        assert_eq!(
+            errno(proc_ctl::probe_mount(c"/nonexistent-calyx-probe")),
+            libc::EPERM
+        );
+        assert_eq!(errno(proc_ctl::probe_clone3()), libc::ENOSYS);
+        assert_eq!(
+            errno(proc_ctl::probe_socket(libc::AF_INET, libc::SOCK_STREAM)),
+            libc::EPERM
+        );
+        assert!(proc_ctl::raw_getpid().unwrap() > 0);
+    });
+}
+
+#[test]
+fn a_spawned_process_inherits_the_filter_and_glibc_falls_back_from_clone3() {
+    // std::process::Command uses posix_spawn, which tries clone3 first: it must fall back to
+    // clone on ENOSYS and run the child, which is filtered too.
+    let out = filtered("default", Network::None, || {
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("echo spawned; exec python3 -c 'import socket; socket.socket(socket.AF_INET)' 2>&1 || true")
+            .output()
+            .unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("spawned\n"), "{text}");
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        assert!(text.contains("PermissionError"), "{text}");
+    }
+}

@@ -4,23 +4,26 @@
 //!
 //! Three classic-BPF programs are installed, in this order:
 //!
-//! 1. **allowlist** — the profile's names (plus `clone3`, see 3) → ALLOW; anything else →
-//!    the profile's deny action (ERRNO(EPERM) or KILL_PROCESS). Calls of another ABI (i386
-//!    via `int 0x80`, x32 numbers) never match a listed number; a foreign `AUDIT_ARCH` kills.
-//! 2. **denials** — always-denied calls ([`ALWAYS_DENIED`]) and argument checks → the deny
+//! 1. **denials** — always-denied calls ([`ALWAYS_DENIED`]) and argument checks → the deny
 //!    action; everything else → ALLOW: `clone` with any `CLONE_NEW*` flag, `ioctl` with
 //!    `TIOCSTI`/`TIOCLINUX`, `socket`/`socketpair` of a family the network mode does not allow.
 //!    Keeping these in their own filter means no profile can switch them off, even by listing
 //!    a name in its allowlist (which [`crate::profile`] also refuses).
-//! 3. **clone3** → ERRNO(ENOSYS); everything else → ALLOW. clone3 passes its flags in memory
+//! 2. **clone3** → ERRNO(ENOSYS); everything else → ALLOW. clone3 passes its flags in memory
 //!    a filter cannot read, so it is refused as "not implemented" and glibc falls back to
-//!    `clone`, whose flags filter 2 inspects.
+//!    `clone`, whose flags filter 1 inspects.
+//! 3. **allowlist** — the profile's names (plus `clone3`) → ALLOW; anything else → the
+//!    profile's deny action (ERRNO(EPERM) or KILL_PROCESS). Calls of another ABI (i386 via
+//!    `int 0x80`, x32 numbers) never match a listed number; a foreign `AUDIT_ARCH` kills.
+//!    It goes last because it may deny `seccomp(2)` itself (strict does), after which no
+//!    further filter could be installed.
 //!
 //! The kernel runs every filter and keeps the most severe action (KILL, then TRAP, then ERRNO,
 //! …, ALLOW last); between actions of equal severity, the one of the most recently installed
-//! filter wins. So clone3 is ALLOWED by filter 1 — else a `kill` profile would kill glibc's
-//! probe, and an `errno` profile's EPERM would compete with ENOSYS — and filter 3 is installed
-//! last, so its ENOSYS would win even against another ERRNO. The tests pin both kernel rules.
+//! filter wins. As the allowlist is the newest filter, its EPERM would win a tie with the
+//! clone3 filter's ENOSYS, and in a `kill` profile its KILL would beat ENOSYS outright; so the
+//! allowlist always ALLOWS clone3 and leaves the answer to filter 2 (ERRNO beats ALLOW). The
+//! tests pin both kernel rules and this consequence.
 //!
 //! Names are resolved to numbers by seccompiler's JSON frontend, per target architecture, from
 //! a JSON document built in memory: one path for the native filter and for the cross-arch
@@ -154,12 +157,12 @@ pub enum SeccompError {
 /// The three filters of the stack, in install order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterRole {
-    /// The profile's allowlist.
-    Allowlist,
-    /// Always-denied calls and argument checks.
+    /// Always-denied calls and argument checks (installed first).
     Denials,
-    /// clone3 → ENOSYS.
+    /// clone3 → ENOSYS (second).
     Clone3,
+    /// The profile's allowlist (last: it may deny seccomp(2) itself).
+    Allowlist,
 }
 
 impl fmt::Display for FilterRole {
@@ -193,7 +196,7 @@ impl SeccompPolicy {
             .names_for(arch)
             .map(str::to_owned)
             .collect();
-        // Filter 3 answers clone3; filter 1 must let it through (see the module docs).
+        // The clone3 filter answers clone3; the allowlist must let it through (module docs).
         if !allow.iter().any(|n| n == "clone3") {
             allow.push("clone3".to_owned());
         }
@@ -274,9 +277,9 @@ impl SeccompPolicy {
         };
         let mut filters = Vec::with_capacity(3);
         for role in [
-            FilterRole::Allowlist,
             FilterRole::Denials,
             FilterRole::Clone3,
+            FilterRole::Allowlist,
         ] {
             let doc = self.filter_json(role).to_string();
             let mut map = seccompiler::compile_from_json(doc.as_bytes(), target)
