@@ -412,8 +412,10 @@ sys.exit(42)
     out.assert_code(PAYLOAD_DONE)
         .assert_value_in("kill_host_pid", &["ESRCH", "EPERM"])
         .assert_value_in("pidfd_open", &["ESRCH", "EPERM"]);
+    // kill(-1) skips init and the caller; with nothing else in the namespace that is ESRCH.
     assert!(
-        out.value("kill_all").is_some_and(|v| v.starts_with("OK")),
+        out.value("kill_all")
+            .is_some_and(|v| v.starts_with("OK") || v == "ESRCH"),
         "kill(-1) inside the sandbox should only reach the sandbox: {out}"
     );
     assert!(

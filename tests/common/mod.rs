@@ -268,6 +268,7 @@ impl std::fmt::Display for Outcome {
 /// A process started in the background, with its output being collected.
 pub struct Running {
     pub child: Child,
+    argv_summary: Vec<String>,
     started: Instant,
     out: Option<JoinHandle<String>>,
     err: Option<JoinHandle<String>>,
@@ -304,8 +305,14 @@ impl Running {
                 String::from_utf8_lossy(&buf).into_owned()
             })
         });
+        // The last arguments say what ran; the payload source itself is left out.
+        let argv_summary = argv
+            .iter()
+            .map(|a| a.to_string_lossy().chars().take(60).collect())
+            .collect();
         Running {
             child,
+            argv_summary,
             started: Instant::now(),
             out,
             err,
@@ -337,12 +344,19 @@ impl Running {
         // its runner keeps them open, so do not wait for them forever.
         let stdout = join_reader(self.out.take(), Duration::from_secs(2));
         let stderr = join_reader(self.err.take(), Duration::from_secs(2));
-        Outcome {
+        let out = Outcome {
             status,
             stdout,
             stderr,
             elapsed,
+        };
+        // CALYX_TEST_VERBOSE=1 shows every run, to review what the payloads really saw.
+        let is_run = self.argv_summary.iter().any(|a| a.ends_with("calyx-run"));
+        if is_run && std::env::var_os("CALYX_TEST_VERBOSE").is_some() {
+            let tail = self.argv_summary.iter().rev().take(3).rev();
+            eprintln!("=== … {:?}\n{out}", tail.collect::<Vec<_>>());
         }
+        out
     }
 }
 
