@@ -51,6 +51,11 @@ both_users!(
     cwd_inside_new_root,
     capabilities_all_zero,
     hostname_not_hosts,
+    connect_host_abstract_unix_socket,
+    always_denied_syscalls,
+    overwrite_runner_binary,
+    write_kernel_knobs,
+    tamper_lease_and_audit_from_inside,
 );
 
 fn s(p: &Path) -> &str {
@@ -371,15 +376,17 @@ attempt("attach_init", lambda: sysc(101, PTRACE_ATTACH, 1, 0, 0))
 attempt("seize_init", lambda: sysc(101, PTRACE_SEIZE, 1, 0, 0))
 attempt("attach_parent", lambda: sysc(101, PTRACE_ATTACH, os.getppid(), 0, 0))
 attempt("vm_readv_init", lambda: sysc(310, 1, 0, 0, 0, 0, 0))
+attempt("attach_host_pid", lambda: sysc(101, PTRACE_ATTACH, int(sys.argv[1]), 0, 0))
 sys.exit(42)
 "#,
-        &[],
+        &[&std::process::id().to_string()],
     );
     out.assert_code(PAYLOAD_DONE)
         .assert_value_in("attach_init", &["EPERM"])
         .assert_value_in("seize_init", &["EPERM"])
         .assert_value_in("attach_parent", &["EPERM"])
-        .assert_value_in("vm_readv_init", &["EPERM"]);
+        .assert_value_in("vm_readv_init", &["EPERM"])
+        .assert_value_in("attach_host_pid", &["EPERM", "ESRCH"]);
 }
 
 fn kill_host_process(user: User) {
@@ -735,5 +742,201 @@ sys.exit(42)
             .unwrap()
             .trim(),
         host_name
+    );
+}
+
+fn connect_host_abstract_unix_socket(user: User) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    // Abstract sockets are per network namespace and bypass the filesystem: a host daemon
+    // listening on one (X11, dbus, container runtimes) must stay out of reach.
+    let name = unique("calyx-abstract");
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let listener = UnixListener::bind_addr(&addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    for net in [Net::None, Net::Loopback] {
+        let mut sb = Sandbox::new().network(net);
+        let out = sb.run_py(
+            user,
+            r#"
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(3)
+    s.connect("\0" + sys.argv[1])
+    return "connected"
+attempt("abstract", connect)
+sys.exit(42)
+"#,
+            &[&name],
+        );
+        out.assert_code(PAYLOAD_DONE)
+            .assert_value_in("abstract", &["ECONNREFUSED", "EPERM", "EACCES"]);
+    }
+    match listener.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the host abstract socket got a connection: {other:?}"),
+    }
+}
+
+fn always_denied_syscalls(user: User) {
+    // SPEC §4.2's always-denied calls, each with arguments that would succeed or fail with
+    // something other than EPERM without the filter (so EPERM shows the filter answered).
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+c = ctypes.c_char_p
+KEY_SPEC_PROCESS_KEYRING = ctypes.c_long(-2)
+attempt("keyctl", lambda: sysc(250, 0, ctypes.c_long(-3), 0))
+attempt("add_key", lambda: sysc(248, c(b"user"), c(b"calyx-escape"), c(b"x"), 1, KEY_SPEC_PROCESS_KEYRING))
+attempt("request_key", lambda: sysc(249, c(b"user"), c(b"calyx-none"), None, 0))
+attempt("bpf", lambda: sysc(321, 0, None, 0))
+attempt("perf_event_open", lambda: sysc(298, None, 0, -1, -1, 0))
+attempt("userfaultfd", lambda: sysc(323, 1))
+attempt("io_uring_setup", lambda: sysc(425, 1, None))
+attempt("open_by_handle_at", lambda: sysc(304, -100, None, 0))
+attempt("kexec_load", lambda: sysc(246, 0, 0, None, 0))
+attempt("init_module", lambda: sysc(175, None, 0, c(b"")))
+attempt("finit_module", lambda: sysc(313, -1, c(b""), 0))
+attempt("process_vm_writev", lambda: sysc(311, 1, None, 0, None, 0, 0))
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE);
+    for call in [
+        "keyctl",
+        "add_key",
+        "request_key",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "io_uring_setup",
+        "open_by_handle_at",
+        "kexec_load",
+        "init_module",
+        "finit_module",
+        "process_vm_writev",
+    ] {
+        out.assert_value_in(call, &["EPERM"]);
+    }
+}
+
+fn file_fingerprint(p: &Path) -> (u64, std::time::SystemTime, Vec<u8>) {
+    let meta = fs::metadata(p).unwrap();
+    let head = fs::read(p).unwrap().into_iter().take(4096).collect();
+    (meta.len(), meta.modified().unwrap(), head)
+}
+
+fn overwrite_runner_binary(user: User) {
+    // CVE-2019-5736 class: reach the runner's binary through /proc/<init>/exe and write it.
+    let runner = common::run_bin();
+    let python = fs::canonicalize(common::PYTHON).unwrap();
+    let before = (file_fingerprint(&runner), file_fingerprint(&python));
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+attempt("init_exe_link", lambda: os.readlink("/proc/1/exe"))
+attempt("init_exe_write", lambda: os.close(os.open("/proc/1/exe", os.O_WRONLY)) or "opened")
+attempt("init_exe_read", lambda: len(open("/proc/1/exe", "rb").read(64)))
+attempt("self_exe_write", lambda: os.close(os.open("/proc/self/exe", os.O_WRONLY)) or "opened")
+attempt("python_write", lambda: os.close(os.open(os.path.realpath(sys.executable), os.O_WRONLY)) or "opened")
+sys.exit(42)
+"#,
+        &[],
+    );
+    let denied = &["EACCES", "EPERM", "ETXTBSY", "EROFS", "ENOENT"];
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("init_exe_write", denied)
+        .assert_value_in("init_exe_read", denied)
+        .assert_value_in("self_exe_write", denied)
+        .assert_value_in("python_write", denied);
+    let after = (file_fingerprint(&runner), file_fingerprint(&python));
+    assert!(
+        before == after,
+        "a host binary changed during the run: {out}"
+    );
+}
+
+fn write_kernel_knobs(user: User) {
+    // Opened for writing only, never written: if an open succeeds the test fails without
+    // having touched the knob.
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+for tag, p in [("sysrq", "/proc/sysrq-trigger"),
+               ("core_pattern", "/proc/sys/kernel/core_pattern"),
+               ("drop_caches", "/proc/sys/vm/drop_caches"),
+               ("uevent_helper", "/sys/kernel/uevent_helper"),
+               ("kmsg", "/dev/kmsg"),
+               ("mem", "/dev/mem")]:
+    attempt(tag, lambda: os.close(os.open(p, os.O_WRONLY)) or "opened")
+print(f"uid_map: {open('/proc/self/uid_map').read().split()}")
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE);
+    for knob in [
+        "sysrq",
+        "core_pattern",
+        "drop_caches",
+        "uevent_helper",
+        "kmsg",
+        "mem",
+    ] {
+        out.assert_value_in(knob, &["EACCES", "EPERM", "EROFS", "ENOENT"]);
+    }
+}
+
+fn tamper_lease_and_audit_from_inside(user: User) {
+    let mut sb = Sandbox::new();
+    let lease = sb.prepared_lease();
+    let audit = sb.audit_log();
+    let trust = sb.trust().to_owned();
+    let lease_before = fs::read(&lease).unwrap();
+    let trust_before = fs::read(&trust).unwrap();
+    let mark = unique("pwned");
+    let cmd_code = format!(
+        "{}\n{}",
+        common::PY_PRELUDE,
+        r#"
+# Reversed, so the audit log's own copy of argv cannot be mistaken for a successful write.
+mark = sys.argv[4][::-1]
+for tag, p in [("lease", sys.argv[1]), ("audit", sys.argv[2]), ("trust", sys.argv[3])]:
+    attempt(tag, lambda: open(p, "a").write(mark))
+sys.exit(42)
+"#
+    );
+    let out = sb.run_with_lease(
+        user,
+        &lease,
+        &[
+            common::PYTHON,
+            "-c",
+            &cmd_code,
+            s(&lease),
+            s(&audit),
+            s(&trust),
+            &mark,
+        ],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("lease", WRITE_DENIED)
+        .assert_value_in("audit", WRITE_DENIED)
+        .assert_value_in("trust", WRITE_DENIED);
+    assert_eq!(fs::read(&lease).unwrap(), lease_before, "the lease changed");
+    assert_eq!(
+        fs::read(&trust).unwrap(),
+        trust_before,
+        "the trust policy changed"
+    );
+    let log = fs::read_to_string(&audit).unwrap_or_default();
+    let written: String = mark.chars().rev().collect();
+    assert!(
+        !log.contains(&written),
+        "the payload wrote into the audit log:\n{log}"
     );
 }

@@ -134,9 +134,20 @@ fn probe_tier(user: User) -> Result<(), String> {
     Ok(())
 }
 
+/// `CALYX_TEST_UNSANDBOXED=1`: a negative control for the suite itself. Commands run directly
+/// on the host (as nobody only: root payloads would mount and rename the real host), so every
+/// escape test is expected to FAIL; one that passes is not measuring calyx.
+pub fn unsandboxed() -> bool {
+    std::env::var_os("CALYX_TEST_UNSANDBOXED").is_some()
+}
+
 /// True when the tier can run. When it cannot: prints a loud SKIPPED line and returns false,
 /// or panics when `CI=true`, so a CI run never passes by skipping.
 pub fn tier_ready(user: User, test: &str) -> bool {
+    if unsandboxed() && user == User::Root {
+        eprintln!("*** SKIPPED {test} as root: CALYX_TEST_UNSANDBOXED runs nobody only ***");
+        return false;
+    }
     match tier_status(user) {
         Ok(()) => true,
         Err(why) => {
@@ -733,6 +744,10 @@ impl Sandbox {
             }
         }
         argv.extend(user.prefix());
+        if unsandboxed() {
+            argv.extend(cmd.iter().map(OsString::from));
+            return argv;
+        }
         argv.push(run_bin().into_os_string());
         argv.push("--lease".into());
         argv.push(lease.as_os_str().to_owned());
