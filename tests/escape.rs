@@ -56,6 +56,8 @@ both_users!(
     overwrite_runner_binary,
     write_kernel_knobs,
     tamper_lease_and_audit_from_inside,
+    outlive_timeout,
+    fill_tmp,
 );
 
 fn s(p: &Path) -> &str {
@@ -938,5 +940,101 @@ sys.exit(42)
     assert!(
         !log.contains(&written),
         "the payload wrote into the audit log:\n{log}"
+    );
+}
+
+fn outlive_timeout(user: User) {
+    // The payload ignores SIGTERM and leaves a double-forked, SIGTERM-ignoring heartbeat
+    // behind: the wall-clock limit must still end everything (SPEC §4.2: exit 124).
+    let sb = Sandbox::new();
+    let work = sb.mkdir("work", 0o755);
+    let marker = unique("calyx-timeout-marker");
+    let hb = work.join("hb");
+    let mut sb = sb.write(&work).timeout_secs(2);
+    let code = format!(
+        "{}\n{}",
+        common::PY_PRELUDE,
+        r#"
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+hb = sys.argv[1] + "/hb"
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        while True:
+            with open(hb, "a") as f:
+                f.write("x")
+            time.sleep(0.05)
+    os._exit(0)
+while True:
+    time.sleep(1)
+"#
+    );
+    let out = sb.run_as(user, &[common::PYTHON, "-c", &code, s(&work), &marker]);
+    let mut survivors = pids_with_marker(&marker);
+    let until = Instant::now() + Duration::from_secs(3);
+    while !survivors.is_empty() && Instant::now() < until {
+        thread::sleep(Duration::from_millis(50));
+        survivors = pids_with_marker(&marker);
+    }
+    kill_pids(&survivors);
+    assert!(
+        survivors.is_empty(),
+        "processes outlived the timeout: {survivors:?}\n{out}"
+    );
+    out.assert_code(124);
+    assert!(
+        out.elapsed < Duration::from_secs(12),
+        "the 2 s timeout took {:?}\n{out}",
+        out.elapsed
+    );
+    let len1 = fs::metadata(&hb).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        len1 > 0,
+        "the heartbeat never ran, the test measured nothing\n{out}"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let len2 = fs::metadata(&hb).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(
+        len1, len2,
+        "the heartbeat kept going after the timeout\n{out}"
+    );
+}
+
+fn fill_tmp(user: User) {
+    // The sandbox's /tmp is a size-capped tmpfs: filling it stops at the cap (ENOSPC) and
+    // costs the host nothing.
+    let sb = Sandbox::new();
+    let spec = sb.file(
+        "limits.json",
+        r#"{"limits": {"tmp_bytes": 8388608}}"#,
+        0o644,
+    );
+    let mut sb = sb.issue_arg("--from").issue_arg(s(&spec));
+    let out = sb.run_py(
+        user,
+        r#"
+chunk = b"\0" * (1 << 20)
+total = 0
+def fill():
+    global total
+    with open("/tmp/fill", "wb") as f:
+        for _ in range(64):
+            f.write(chunk)
+            f.flush()
+            total += len(chunk)
+    return total
+attempt("fill", fill)
+print(f"total: {total}")
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("fill", &["ENOSPC"]);
+    let total: u64 = out.value("total").unwrap_or("0").parse().unwrap();
+    assert!(
+        total <= 8 << 20,
+        "wrote {total} bytes into an 8 MiB /tmp\n{out}"
     );
 }
