@@ -58,6 +58,7 @@ both_users!(
     tamper_lease_and_audit_from_inside,
     outlive_timeout,
     fill_tmp,
+    mount_flags,
 );
 
 fn s(p: &Path) -> &str {
@@ -1036,5 +1037,76 @@ sys.exit(42)
     assert!(
         total <= 8 << 20,
         "wrote {total} bytes into an 8 MiB /tmp\n{out}"
+    );
+}
+
+fn mount_flags(user: User) {
+    // SPEC §4.2: every mount nosuid and nodev (device binds under /dev excepted, they would
+    // not work otherwise), what is not granted exec is noexec, read grants read-only, and
+    // nothing of the host is mounted beyond the profile's paths and the grants.
+    let sb = Sandbox::new();
+    let r = sb.mkdir("r", 0o755);
+    let w = sb.mkdir("w", 0o755);
+    let x = sb.mkdir("x", 0o755);
+    let mut sb = sb.read(&r).write(&w).exec(&x);
+    let out = sb.run_py(
+        user,
+        r#"
+for line in open("/proc/self/mountinfo"):
+    f = line.split()
+    print(f"mount {f[4]} {f[5]}")
+attempt("dev_create", lambda: open("/dev/planted", "w").write("x"))
+attempt("root_create", lambda: open("/planted", "w").write("x"))
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("dev_create", WRITE_DENIED)
+        .assert_value_in("root_create", WRITE_DENIED);
+    let mounts: Vec<(&str, Vec<&str>)> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("mount "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(point, opts)| (point, opts.split(',').collect()))
+        .collect();
+    assert!(mounts.len() >= 5, "too few mounts parsed: {out}");
+    let find = |want: &Path| {
+        mounts
+            .iter()
+            .find(|(p, _)| Path::new(p) == want)
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| panic!("{want:?} is not mounted: {out}"))
+    };
+    for (point, opts) in &mounts {
+        assert!(opts.contains(&"nosuid"), "{point} lacks nosuid: {out}");
+        if !point.starts_with("/dev/") {
+            assert!(opts.contains(&"nodev"), "{point} lacks nodev: {out}");
+        }
+        let known = [
+            "/", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/tmp", "/proc", "/dev",
+        ]
+        .iter()
+        .any(|k| point == k || point.starts_with(&format!("{k}/")));
+        assert!(known, "unexpected host mount {point} in the sandbox: {out}");
+    }
+    for noexec in [Path::new("/tmp"), &r, &w] {
+        assert!(
+            find(noexec).contains(&"noexec"),
+            "{noexec:?} is not noexec: {out}"
+        );
+    }
+    assert!(
+        find(&r).contains(&"ro"),
+        "the read grant is writable: {out}"
+    );
+    assert!(
+        find(&w).contains(&"rw"),
+        "the write grant is read-only: {out}"
+    );
+    assert!(
+        !find(&x).contains(&"noexec"),
+        "the exec grant is noexec: {out}"
     );
 }

@@ -27,6 +27,7 @@ both_users!(
     expired_lease,
     one_signature_only,
     trust_policy_world_writable,
+    grant_path_through_symlink,
 );
 
 /// Replay of a `max_uses = 1` lease. Issue #3 leaves the ledger for a later issue, so this is
@@ -312,5 +313,21 @@ fn started_setuid(user: User) {
         "a setuid calyx-run did not refuse: {out}"
     );
     out.assert_stderr_has("setuid");
+    m.assert_nothing_ran(&out);
+}
+
+fn grant_path_through_symlink(user: User) {
+    // A grant whose path was swapped for a symlink (e.g. by whoever owns a shared work dir)
+    // must not expose the link's target: calyx refuses it and names the path.
+    let mut m = Marked::new();
+    let hidden = m.sb.mkdir("root-only", 0o700);
+    fs::write(hidden.join("secret"), "top secret").unwrap();
+    let link = m.sb.root().join("work/data");
+    std::os::unix::fs::symlink(&hidden, &link).unwrap();
+    m.sb = m.sb.read(&link);
+    let out = m.run(user);
+    assert!(matches!(out.code(), 77 | 78), "symlinked grant: {out}");
+    out.assert_stderr_has(link.to_str().unwrap())
+        .assert_stderr_has("symbolic link");
     m.assert_nothing_ran(&out);
 }
