@@ -247,3 +247,29 @@ fn keys_interoperate_with_openssl_formats() {
         eprintln!("SKIPPED openssl cross-check: openssl is not installed");
     }
 }
+
+#[test]
+fn the_example_policy_parses_and_means_what_it_says() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/trust.example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let pol = TrustPolicy::from_toml_str(&text, Path::new(path)).unwrap();
+    let ids: Vec<_> = pol.keys.iter().map(|k| (k.id.as_str(), k.role)).collect();
+    assert_eq!(
+        ids,
+        [
+            ("alice", Role::Human),
+            ("bob", Role::Human),
+            ("cp14", Role::Agent),
+            ("cp18", Role::Agent)
+        ]
+    );
+    let r = &pol.requirements;
+    assert_eq!((r.low.humans, r.low.agents), (1, 1));
+    assert_eq!((r.high.humans, r.high.agents), (2, 1));
+    assert_eq!(r.medium, r.low);
+    assert_eq!(
+        r.agent_ids.as_deref(),
+        Some(&["cp14".to_owned(), "cp18".to_owned()][..])
+    );
+    assert_eq!((r.max_lifetime_secs, r.clock_skew_secs), (86_400, 60));
+}
