@@ -166,6 +166,15 @@ fn spawn_payload(ctx: &InitContext, channel: &Channel, pinned: Option<i32>) -> !
         });
         sys::clone::exit_now(125);
     }
+    // Its own process group, so a forwarded SIGINT reaches the whole job as a terminal's ^C
+    // would (a shell waiting for its child ignores a SIGINT aimed at the shell alone).
+    if let Err(e) = sproc::new_process_group() {
+        let _ = channel.send(Msg::SetupFailed {
+            step: Step::Signals,
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        });
+        sys::clone::exit_now(125);
+    }
     // Seccomp last, so only the exec itself runs between the filter and the payload.
     if let Err((step, errno)) = ctx.confine.apply_in_payload() {
         let _ = channel.send(Msg::SetupFailed { step, errno });
@@ -189,7 +198,10 @@ fn reap(channel: &Channel, sigfd: std::os::fd::BorrowedFd<'_>, payload: libc::pi
         let _ = ssig::poll(&[(sigfd, libc::POLLIN)], -1);
         while let Ok(Some(sig)) = ssig::read_signal(sigfd) {
             if sig != libc::SIGCHLD {
-                let _ = sproc::kill(payload, sig);
+                // The payload's group first; if it left that group, the payload alone.
+                if sproc::kill(-payload, sig).is_err() {
+                    let _ = sproc::kill(payload, sig);
+                }
                 continue;
             }
             while let Ok(w) = sproc::wait4(-1, true) {

@@ -208,3 +208,9 @@ pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result
     // SAFETY: `lim` is a live rlimit struct.
     check_int(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
 }
+
+/// `setpgid(0, 0)`: the caller leads a new process group.
+pub fn new_process_group() -> io::Result<()> {
+    // SAFETY: integer-only syscall.
+    check_int(unsafe { libc::setpgid(0, 0) }).map(drop)
+}

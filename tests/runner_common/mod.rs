@@ -108,6 +108,11 @@ impl Fixture {
 
     /// Runs calyx-run with `args` (before `--`) and `cmd`.
     pub fn run(&self, who: As, lease: &Path, args: &[&str], cmd: &[&str]) -> Output {
+        self.command(who, lease, args, cmd).output().unwrap()
+    }
+
+    /// The command line of [`Fixture::run`], not started.
+    pub fn command(&self, who: As, lease: &Path, args: &[&str], cmd: &[&str]) -> Command {
         let bin = env!("CARGO_BIN_EXE_calyx-run");
         let mut c = match who {
             As::Caller => Command::new(bin),
@@ -134,7 +139,7 @@ impl Fixture {
             .env("HOME", "/nonexistent")
             .env("PATH", "/usr/bin:/bin")
             .env("CALYX_TEST_SECRET", "s3cret");
-        c.output().unwrap()
+        c
     }
 }
 
