@@ -248,12 +248,16 @@ impl SyscallSet {
         })
     }
 
-    /// The names to allow on `arch`: the common ones and those marked for `arch`.
-    pub fn names_for(&self, arch: SyscallArch) -> impl Iterator<Item = &str> {
+    /// The names to allow on `arch`: the common ones and those marked for `arch`, each once,
+    /// in file order.
+    pub fn names_for(&self, arch: SyscallArch) -> Vec<&str> {
+        let mut seen = BTreeSet::new();
         self.entries
             .iter()
-            .filter(move |(a, _)| a.is_none_or(|a| a == arch))
+            .filter(|(a, _)| a.is_none_or(|a| a == arch))
             .map(|(_, n)| n.as_str())
+            .filter(|n| seen.insert(*n))
+            .collect()
     }
 }
 

@@ -196,3 +196,59 @@ fn a_spawned_process_inherits_the_filter_and_glibc_falls_back_from_clone3() {
         assert!(text.contains("PermissionError"), "{text}");
     }
 }
+
+const KILL_CHILD_ENV: &str = "CALYX_TEST_SECCOMP_KILL_CHILD";
+
+/// The child's half of `kill_profiles_kill_the_process`: does nothing unless started by it.
+/// A KILL_PROCESS verdict kills the whole process, so it runs in a re-executed test binary.
+#[test]
+fn child_calls_a_denied_syscall_under_kill() {
+    let Some(call) = std::env::var_os(KILL_CHILD_ENV) else {
+        return;
+    };
+    // SIGSYS dumps core by default: this child's death must leave nothing behind.
+    calyx::isolate::rlimit::apply_rlimits(&[(calyx::isolate::rlimit::Resource::Core, 0)]).unwrap();
+    let mut profile = Profile::builtin("default").unwrap();
+    profile.on_deny = calyx::profile::DenyAction::Kill;
+    let programs = build_program(&profile, Network::None).unwrap();
+    let result = std::thread::spawn(move || {
+        apply_seccomp_on_current_thread(&programs).unwrap();
+        match call.to_str().unwrap() {
+            "mount" => proc_ctl::probe_mount(c"/nonexistent-calyx-probe").map(drop),
+            "clone3" => proc_ctl::probe_clone3(),
+            _ => proc_ctl::raw_getpid().map(drop),
+        }
+    })
+    .join()
+    .unwrap();
+    println!("SURVIVED {:?}", result.map_err(|e| e.raw_os_error()));
+}
+
+#[test]
+fn kill_profiles_kill_the_process_but_answer_clone3_with_enosys() {
+    use std::os::unix::process::ExitStatusExt;
+    let run = |call: &str| {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_calls_a_denied_syscall_under_kill",
+                "--nocapture",
+            ])
+            .env(KILL_CHILD_ENV, call)
+            .output()
+            .unwrap()
+    };
+    let killed = run("mount");
+    assert_eq!(killed.status.signal(), Some(libc::SIGSYS), "{killed:?}");
+    let clone3 = run("clone3");
+    let out = String::from_utf8_lossy(&clone3.stdout);
+    assert!(
+        out.contains(&format!("SURVIVED Err(Some({}))", libc::ENOSYS)),
+        "{out}"
+    );
+    let allowed = run("getpid");
+    assert!(
+        String::from_utf8_lossy(&allowed.stdout).contains("SURVIVED Ok(())"),
+        "{allowed:?}"
+    );
+}

@@ -15,6 +15,15 @@
 //!    as its own verified step so the report does not rely on a side effect.
 //! 5. [`seccomp::apply_seccomp_on_current_thread`]: last, so as few syscalls as possible run
 //!    between it and exec, and none of the steps above has to be allowed by the filter.
+//!
+//! # Test strategy
+//!
+//! Pure parts (seccomp policy and its compiled verdicts for x86_64 and aarch64 through a small
+//! BPF interpreter, Landlock plans and rights, /proc parsers, rlimit decisions) are unit
+//! tests. Per-thread effects (seccomp, Landlock, capabilities, no_new_privs) are applied on a
+//! spawned thread in `tests/isolate_*.rs`; process-wide ones (rlimits, a seccomp kill) in a
+//! re-executed copy of the test binary. `tests/isolate_stack.rs` applies the whole stack in
+//! init order and runs /bin/sh, coreutils and python3 under each profile.
 
 pub mod caps;
 pub mod landlock;

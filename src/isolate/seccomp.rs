@@ -116,11 +116,9 @@ pub enum SeccompError {
     /// calyx has no syscall tables for this machine.
     #[error("seccomp: unsupported architecture {0} (calyx supports x86_64 and aarch64)")]
     UnsupportedArch(&'static str),
-    /// seccompiler refused the filter (e.g. a syscall name unknown on that architecture).
-    #[error("seccomp: compiling the {role} filter for {arch}: {source}")]
+    /// seccompiler refused the filters (e.g. a syscall name unknown on that architecture).
+    #[error("seccomp: compiling the filters for {arch}: {source}")]
     Compile {
-        /// Which filter of the stack.
-        role: FilterRole,
         /// Target architecture.
         arch: SyscallArch,
         /// seccompiler's error.
@@ -165,6 +163,15 @@ pub enum FilterRole {
     Allowlist,
 }
 
+impl FilterRole {
+    /// The order the filters are installed in (see the module docs for why).
+    pub const INSTALL_ORDER: [FilterRole; 3] = [
+        FilterRole::Denials,
+        FilterRole::Clone3,
+        FilterRole::Allowlist,
+    ];
+}
+
 impl fmt::Display for FilterRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -194,6 +201,7 @@ impl SeccompPolicy {
         let mut allow: Vec<String> = profile
             .syscalls
             .names_for(arch)
+            .into_iter()
             .map(str::to_owned)
             .collect();
         // The clone3 filter answers clone3; the allowlist must let it through (module docs).
@@ -215,7 +223,7 @@ impl SeccompPolicy {
         }
     }
 
-    /// The JSON document of one filter, in seccompiler's format.
+    /// One filter in seccompiler's JSON format (the value under the filter's name).
     pub fn filter_json(&self, role: FilterRole) -> Value {
         let (mismatch, matched, rules) = match role {
             FilterRole::Allowlist => {
@@ -230,11 +238,11 @@ impl SeccompPolicy {
                 vec![json!({ "syscall": "clone3" })],
             ),
         };
-        json!({ role.to_string(): {
+        json!({
             "mismatch_action": mismatch,
             "match_action": matched,
             "filter": rules,
-        }})
+        })
     }
 
     /// Rules of the denials filter: each rule that matches is a denied call.
@@ -275,15 +283,16 @@ impl SeccompPolicy {
             SyscallArch::X86_64 => TargetArch::x86_64,
             SyscallArch::Aarch64 => TargetArch::aarch64,
         };
-        let mut filters = Vec::with_capacity(3);
-        for role in [
-            FilterRole::Denials,
-            FilterRole::Clone3,
-            FilterRole::Allowlist,
-        ] {
-            let doc = self.filter_json(role).to_string();
-            let mut map = seccompiler::compile_from_json(doc.as_bytes(), target)
-                .map_err(|source| SeccompError::Compile { role, arch, source })?;
+        // One document holding the three filters: seccompiler builds its name table once.
+        let mut doc = serde_json::Map::new();
+        for role in FilterRole::INSTALL_ORDER {
+            doc.insert(role.to_string(), self.filter_json(role));
+        }
+        let text = Value::Object(doc).to_string();
+        let mut map = seccompiler::compile_from_json(text.as_bytes(), target)
+            .map_err(|source| SeccompError::Compile { arch, source })?;
+        let mut filters = Vec::with_capacity(FilterRole::INSTALL_ORDER.len());
+        for role in FilterRole::INSTALL_ORDER {
             let prog = map
                 .remove(&role.to_string())
                 .ok_or(SeccompError::MissingFilter { role, arch })?;
