@@ -59,6 +59,7 @@ both_users!(
     outlive_timeout,
     fill_tmp,
     mount_flags,
+    host_sysv_shared_memory,
 );
 
 fn s(p: &Path) -> &str {
@@ -1109,4 +1110,48 @@ sys.exit(42)
         !find(&x).contains(&"noexec"),
         "the exec grant is noexec: {out}"
     );
+}
+
+/// Creates (`key`, mode 0666) or removes (`-id`) a SysV shared memory segment on the host.
+const HOST_SHM: &str = r#"
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+arg = int(sys.argv[1])
+if arg > 0:
+    print(libc.shmget(arg, 4096, 0o1666))
+else:
+    print(libc.shmctl(-arg, 0, None))
+"#;
+
+fn host_sysv_shared_memory(user: User) {
+    // The IPC namespace: a world-accessible segment on the host must not be reachable.
+    let key = 0x4341_0000 + (std::process::id() % 0xffff);
+    let made = common::host(&[
+        common::PYTHON.as_ref(),
+        "-c".as_ref(),
+        HOST_SHM.as_ref(),
+        key.to_string().as_ref(),
+    ]);
+    let id: i64 = made.stdout.trim().parse().unwrap_or(-1);
+    assert!(id >= 0, "could not create the host segment: {made}");
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+key = int(sys.argv[1])
+attempt("shmget", lambda: sysc(29, key, 0, 0))
+attempt("listed", lambda: str(key) in open("/proc/sysvipc/shm").read())
+sys.exit(42)
+"#,
+        &[&key.to_string()],
+    );
+    common::host(&[
+        common::PYTHON.as_ref(),
+        "-c".as_ref(),
+        HOST_SHM.as_ref(),
+        format!("-{id}").as_ref(),
+    ]);
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("shmget", &["ENOENT", "EPERM"])
+        .assert_value_in("listed", &["OK False", "ENOENT", "EACCES"]);
 }
