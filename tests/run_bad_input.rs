@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Outcome, Sandbox, Signing, User, set_mode};
+use common::{Outcome, Sandbox, Signing, User, Wiring, set_mode};
 
 both_users!(
     unknown_profile,
@@ -28,6 +28,7 @@ both_users!(
     one_signature_only,
     trust_policy_world_writable,
     grant_path_through_symlink,
+    user_namespaces_unavailable,
 );
 
 /// Replay of a `max_uses = 1` lease. Issue #3 leaves the ledger for a later issue, so this is
@@ -329,5 +330,20 @@ fn grant_path_through_symlink(user: User) {
     assert!(matches!(out.code(), 77 | 78), "symlinked grant: {out}");
     out.assert_stderr_has(link.to_str().unwrap())
         .assert_stderr_has("symbolic link");
+    m.assert_nothing_ran(&out);
+}
+
+fn user_namespaces_unavailable(user: User) {
+    // Issue #3: a host lacking a required layer → 125 with the remedy. calyx-run is started
+    // as root of a user namespace that may not create further ones.
+    let mut m = Marked::new();
+    // Inside that namespace only the caller's uid is mapped: the trust policy must belong to
+    // it to be accepted (owned by root or the invoking user).
+    common::chown(m.sb.trust(), user.uid());
+    m.sb = m.sb.wiring(Wiring::NoUserNamespaces);
+    let out = m.run(user);
+    out.assert_code(125)
+        .assert_stderr_has("max_user_namespaces")
+        .assert_stderr_has("remedy");
     m.assert_nothing_ran(&out);
 }

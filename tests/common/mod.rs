@@ -430,6 +430,10 @@ pub enum Wiring {
     LeakFd7(PathBuf),
     /// calyx-run's stdin/stdout/stderr are a pty slave; output arrives on stdout.
     Pty,
+    /// calyx-run starts inside a user namespace (as its root) whose
+    /// `user.max_user_namespaces` is 0: a host without user namespaces, for this process
+    /// tree only, so other tests on the machine are unaffected.
+    NoUserNamespaces,
 }
 
 /// One sandbox scenario: a temp dir (0755, so nobody can traverse it), two keys, a trust
@@ -742,8 +746,24 @@ impl Sandbox {
             Wiring::Pty => {
                 argv.extend([PYTHON, "-c", PTY_WRAPPER].map(OsString::from));
             }
+            Wiring::NoUserNamespaces => {}
         }
         argv.extend(user.prefix());
+        if let Wiring::NoUserNamespaces = self.wiring {
+            argv.extend(
+                [
+                    "/usr/bin/unshare",
+                    "--user",
+                    "--map-root-user",
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\"",
+                    "sh",
+                ]
+                .map(OsString::from),
+            );
+        }
         if unsandboxed() {
             argv.extend(cmd.iter().map(OsString::from));
             return argv;
