@@ -13,6 +13,7 @@ mod common;
 use std::fs;
 use std::io::ErrorKind;
 use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -60,6 +61,7 @@ both_users!(
     fill_tmp,
     mount_flags,
     host_sysv_shared_memory,
+    plant_setuid_in_write_grant,
 );
 
 fn s(p: &Path) -> &str {
@@ -1154,4 +1156,42 @@ sys.exit(42)
     out.assert_code(PAYLOAD_DONE)
         .assert_value_in("shmget", &["ENOENT", "EPERM"])
         .assert_value_in("listed", &["OK False", "ENOENT", "EACCES"]);
+}
+
+fn plant_setuid_in_write_grant(user: User) {
+    // The write grant is a host directory: a set-id file the payload leaves there is a
+    // set-id file on the host, owned by the payload's host uid (root, when root ran calyx).
+    // Any host user who can reach the directory would then run it with that uid.
+    let sb = Sandbox::new();
+    let work = sb.mkdir("work", 0o755);
+    let mut sb = sb.write(&work);
+    let out = sb.run_py(
+        user,
+        r#"
+import shutil
+w = sys.argv[1]
+attempt("copy", lambda: shutil.copyfile("/usr/bin/id", w + "/id"))
+attempt("chmod_setid", lambda: os.chmod(w + "/id", 0o6755))
+attempt("mode", lambda: oct(os.stat(w + "/id").st_mode & 0o7777))
+attempt("mkdir_setgid", lambda: os.mkdir(w + "/d", 0o2777))
+sys.exit(42)
+"#,
+        &[s(&work)],
+    );
+    out.assert_code(PAYLOAD_DONE);
+    assert!(
+        out.value("copy").is_some_and(|v| v.starts_with("OK")),
+        "the control copy into the write grant failed: {out}"
+    );
+    for name in ["id", "d"] {
+        let Ok(meta) = fs::metadata(work.join(name)) else {
+            continue;
+        };
+        assert!(
+            meta.mode() & 0o6000 == 0,
+            "the payload left a set-id {name} on the host: mode {:o}, owner uid {}\n{out}",
+            meta.mode() & 0o7777,
+            meta.uid()
+        );
+    }
 }
