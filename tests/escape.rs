@@ -1174,6 +1174,21 @@ attempt("copy", lambda: shutil.copyfile("/usr/bin/id", w + "/id"))
 attempt("chmod_setid", lambda: os.chmod(w + "/id", 0o6755))
 attempt("mode", lambda: oct(os.stat(w + "/id").st_mode & 0o7777))
 attempt("mkdir_setgid", lambda: os.mkdir(w + "/d", 0o2777))
+# Created with the bits directly (no chmod call), and through fchmod on an open fd.
+os.umask(0)
+def create_setid():
+    fd = os.open(w + "/id2", os.O_CREAT | os.O_WRONLY, 0o6755)
+    os.write(fd, open("/usr/bin/id", "rb").read())
+    os.close(fd)
+    return oct(os.stat(w + "/id2").st_mode & 0o7777)
+attempt("create_setid", create_setid)
+def fchmod_setid():
+    fd = os.open(w + "/id3", os.O_CREAT | os.O_WRONLY, 0o755)
+    os.write(fd, open("/usr/bin/id", "rb").read())
+    os.fchmod(fd, 0o4755)
+    os.close(fd)
+    return oct(os.stat(w + "/id3").st_mode & 0o7777)
+attempt("fchmod_setid", fchmod_setid)
 sys.exit(42)
 "#,
         &[s(&work)],
@@ -1183,7 +1198,7 @@ sys.exit(42)
         out.value("copy").is_some_and(|v| v.starts_with("OK")),
         "the control copy into the write grant failed: {out}"
     );
-    for name in ["id", "d"] {
+    for name in ["id", "id2", "id3", "d"] {
         let Ok(meta) = fs::metadata(work.join(name)) else {
             continue;
         };
