@@ -5,6 +5,11 @@
 //!
 //! Payloads are Python (present on the host and in the default profile's view) using raw
 //! x86_64 syscall numbers through ctypes where the standard library has no wrapper.
+//!
+//! Reviewing the suite itself: `CALYX_TEST_VERBOSE=1 cargo test --test escape -- --nocapture`
+//! prints what every payload saw; `CALYX_TEST_UNSANDBOXED=1` runs the payloads as nobody
+//! straight on the host, where every test should fail except those the host already denies
+//! an unprivileged user (mount, packet sockets, kernel knobs, writing root's binaries).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[macro_use]
