@@ -338,20 +338,30 @@ fn run_planned(
     let report: RunReport = parent::run(&ctx, plan.uid_map, plan.gid_map, timeout, &mut on_ready);
     let duration = started.elapsed();
     if let Some(e) = &report.error {
-        if report.outcome != Outcome::Exited || report.exit_code >= exit::NOT_EXECUTABLE {
-            eprintln!("calyx-run: {e}");
+        let exe = plan.argv.first().map(String::as_str).unwrap_or("");
+        match report.exit_code {
+            exit::NOT_EXECUTABLE | exit::NOT_FOUND if report.outcome == Outcome::Exited => {
+                eprintln!("calyx-run: {exe} inside the sandbox: {e}");
+            }
+            _ => eprintln!("calyx-run: {e}"),
         }
     }
     if report.outcome == Outcome::Timeout {
         eprintln!("calyx-run: timed out after {} ms", plan.timeout_ms);
     }
     result.finish(ids, &report, &enforcement, duration);
+    // A pinned digest that does not match is a lease refusal found late (on the opened file).
     let name = if report.outcome == Outcome::Timeout {
         names::EXEC_TIMEOUT
+    } else if report.outcome == Outcome::Rejected {
+        names::LEASE_REJECTED
     } else {
         names::EXEC_FINISHED
     };
-    let fields = json!({"argv": plan.argv, "outcome": report.outcome, "exit_code": report.exit_code, "duration_ms": duration.as_millis() as u64, "enforcement": enforcement, "usage": report.usage, "error": report.error});
+    let mut fields = json!({"argv": plan.argv, "outcome": report.outcome, "exit_code": report.exit_code, "duration_ms": duration.as_millis() as u64, "enforcement": enforcement, "usage": report.usage, "error": report.error});
+    if report.outcome == Outcome::Rejected {
+        fields["reason"] = json!(report.error);
+    }
     if let Err(e) = audit.append(name, ids, fields, Durability::Synced) {
         eprintln!("calyx-run: {e}");
     }

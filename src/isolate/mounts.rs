@@ -7,6 +7,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -255,12 +256,18 @@ impl PreparedView {
             Op::Mkdir(p) => sfs::mkdir_exist_ok(p, 0o755).map_err(|e| merr("mkdir", p, e)),
             Op::File(p) => sfs::create_empty_file(p).map_err(|e| merr("create mount point", p, e)),
             Op::Bind { src, dst, attrs } => {
-                // Recursive: a user namespace may not bind a tree without its locked submounts.
-                sfs::mount(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None)
-                    .map_err(|e| merr("bind", src, e))?;
-                // mount_setattr applies the flags to every submount too, atomically.
-                sfs::mount_setattr_recursive(dst, *attrs)
-                    .map_err(|e| merr("set mount attributes", dst, e))
+                // No symlink anywhere in the source: the plan checked that, and this makes the
+                // check hold at mount time too (a concurrent writer cannot swap a component).
+                let fd = sfs::open_path_no_symlinks(src)
+                    .map_err(|e| merr("open bind source", src, e))?;
+                // Recursive clone: a user namespace may not copy a tree without its locked
+                // submounts.
+                let tree =
+                    sfs::clone_tree(fd.as_fd()).map_err(|e| merr("clone mount tree", src, e))?;
+                // Flags go on every mount of the detached tree before it becomes visible.
+                sfs::mount_setattr_tree(tree.as_fd(), *attrs)
+                    .map_err(|e| merr("set mount attributes", src, e))?;
+                sfs::attach_tree(tree.as_fd(), dst).map_err(|e| merr("attach", dst, e))
             }
             Op::Symlink { target, link } => {
                 sfs::symlink(target, link).map_err(|e| merr("symlink", link, e))

@@ -143,7 +143,11 @@ pub fn run(
     let mut payload_status = None;
     let mut hash_mismatch = false;
     let mut timed_out = false;
-    let mut deadline: Option<Instant> = None;
+    // The clock starts at the release of init, so a setup that hangs (a stuck mount source)
+    // is bounded by the same limit as the payload.
+    let mut deadline: Option<Instant> =
+        (timeout > Duration::ZERO).then(|| Instant::now() + timeout);
+    let mut setup_failed = false;
     let mut kill_at: Option<Instant> = None;
     let mut channel_open = true;
     let mut caller_signal = None;
@@ -191,9 +195,6 @@ pub fn run(
                     match on_ready(landlock, abi) {
                         Ok(()) => {
                             report.started = true;
-                            if timeout > Duration::ZERO {
-                                deadline = Some(Instant::now() + timeout);
-                            }
                             if parent_end.send(Msg::Start).is_err() {
                                 report.started = false;
                             }
@@ -205,6 +206,7 @@ pub fn run(
                     }
                 }
                 Ok(Some(Msg::SetupFailed { step, errno })) => {
+                    setup_failed = true;
                     report.error = Some(format!(
                         "init could not {}: {}",
                         step.name(),
@@ -245,6 +247,7 @@ pub fn run(
             Ok(Some(Msg::Exited { status })) => payload_status = Some(status),
             Ok(Some(Msg::HashMismatch)) => hash_mismatch = true,
             Ok(Some(Msg::SetupFailed { step, errno })) => {
+                setup_failed = true;
                 report.error = Some(format!(
                     "init could not {}: {}",
                     step.name(),
@@ -264,6 +267,7 @@ pub fn run(
     classify(
         &mut report,
         Classify {
+            setup_failed,
             hash_mismatch,
             exec_errno,
             payload_status,
@@ -276,6 +280,7 @@ pub fn run(
 }
 
 struct Classify {
+    setup_failed: bool,
     hash_mismatch: bool,
     exec_errno: Option<i32>,
     payload_status: Option<i32>,
@@ -296,6 +301,10 @@ fn classify(r: &mut RunReport, c: Classify) {
     }
     if c.timed_out {
         return set(r, Outcome::Timeout, exit::TIMEOUT);
+    }
+    // A step of init or of the payload child (seccomp) failed: nothing of the payload ran.
+    if c.setup_failed {
+        return set(r, Outcome::SetupFailed, exit::SETUP_FAILED);
     }
     if let Some(errno) = c.exec_errno {
         r.error = Some(format!("exec {}", std::io::Error::from_raw_os_error(errno)));
