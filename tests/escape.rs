@@ -67,6 +67,7 @@ both_users!(
     mount_flags,
     host_sysv_shared_memory,
     plant_setuid_in_write_grant,
+    grant_swapped_for_symlink_during_setup,
 );
 
 fn s(p: &Path) -> &str {
@@ -1214,4 +1215,77 @@ sys.exit(42)
             meta.uid()
         );
     }
+}
+
+fn grant_swapped_for_symlink_during_setup(user: User) {
+    // A race against the runner: while it checks and mounts a read grant, the grant flips
+    // between a real directory and a symlink to a secret one. No run may ever see the secret;
+    // each either runs on the real directory or is refused.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sb = Sandbox::new();
+    let secret_value = unique("racesecret");
+    let hidden = sb.mkdir("hidden", 0o755);
+    fs::write(hidden.join("secret"), &secret_value).unwrap();
+    set_mode(&hidden.join("secret"), 0o644);
+    sb.mkdir("shared", 0o755);
+    let real = sb.mkdir("shared/real", 0o755);
+    fs::write(real.join("secret"), "decoy").unwrap();
+    set_mode(&real.join("secret"), 0o644);
+    let data = sb.root().join("shared/data");
+    fs::rename(&real, &data).unwrap();
+    let mut sb = sb.read(&data).issue_arg("--max-uses").issue_arg("1000");
+    let lease = sb.prepared_lease();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let (stop, data, real, hidden) = (stop.clone(), data.clone(), real.clone(), hidden);
+        thread::spawn(move || {
+            let mut flips = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                // data is the real dir: park it, plant the link; then undo.
+                let _ = fs::rename(&data, &real);
+                let _ = std::os::unix::fs::symlink(&hidden, &data);
+                thread::sleep(Duration::from_micros(300));
+                let _ = fs::remove_file(&data);
+                let _ = fs::rename(&real, &data);
+                thread::sleep(Duration::from_micros(300));
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let code = format!(
+        "{}\n{}",
+        common::PY_PRELUDE,
+        r#"
+attempt("read", lambda: open(sys.argv[1] + "/secret").read())
+sys.exit(42)
+"#
+    );
+    let (mut ran, mut refused) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut leaked = None;
+    while Instant::now() < deadline && ran + refused < 40 {
+        let out = sb.run_with_lease(user, &lease, &[common::PYTHON, "-c", &code, s(&data)]);
+        if out.stdout.contains(&secret_value) || out.stderr.contains(&secret_value) {
+            leaked = Some(out);
+            break;
+        }
+        match out.code() {
+            PAYLOAD_DONE => ran += 1,
+            // Caught at check time (78) or at mount time (125, setup failed): nothing ran.
+            77 | 78 | 125 => refused += 1,
+            _ => panic!("unexpected outcome during the race: {out}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    if let Some(out) = leaked {
+        panic!("a run read the secret through the swapped grant: {out}");
+    }
+    eprintln!("race: {ran} runs, {refused} refusals, {flips} flips, no leak");
+    assert!(
+        ran + refused >= 5,
+        "too few runs to mean anything: {ran} + {refused}"
+    );
 }
