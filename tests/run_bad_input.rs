@@ -29,6 +29,9 @@ both_users!(
     trust_policy_world_writable,
     grant_path_through_symlink,
     user_namespaces_unavailable,
+    signed_payload_with_unknown_field,
+    signed_payload_with_future_version,
+    oversized_lease,
 );
 
 /// Replay of a `max_uses = 1` lease. Issue #3 leaves the ledger for a later issue, so this is
@@ -345,5 +348,65 @@ fn user_namespaces_unavailable(user: User) {
     out.assert_code(125)
         .assert_stderr_has("max_user_namespaces")
         .assert_stderr_has("remedy");
+    m.assert_nothing_ran(&out);
+}
+
+/// Rewrites the payload with `edit`, drops the signatures, and cosigns it again, so the
+/// signatures are valid and only the payload's content is wrong (SPEC §3.4 step 4).
+fn resign_with(m: &mut Marked, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    m.sb.set_signing(Signing::Unsigned);
+    let lease = m.sb.prepared_lease();
+    let text = fs::read_to_string(&lease).unwrap();
+    let mut env: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let bytes = STANDARD.decode(env["payload"].as_str().unwrap()).unwrap();
+    let mut payload: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    edit(&mut payload);
+    env["payload"] = STANDARD
+        .encode(serde_json::to_vec(&payload).unwrap())
+        .into();
+    env["signatures"] = serde_json::json!([]);
+    fs::write(&lease, serde_json::to_vec(&env).unwrap()).unwrap();
+    m.sb.sign(&lease);
+    lease
+}
+
+fn signed_payload_with_unknown_field(user: User) {
+    let mut m = Marked::new();
+    let lease = resign_with(&mut m, |p| p["escalate"] = serde_json::json!(true));
+    let argv = m.argv();
+    let out = m.sb.run_with_lease(user, &lease, &strs(&argv));
+    out.assert_code(77).assert_stderr_has("escalate");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn signed_payload_with_future_version(user: User) {
+    let mut m = Marked::new();
+    let lease = resign_with(&mut m, |p| p["version"] = serde_json::json!(2));
+    let argv = m.argv();
+    let out = m.sb.run_with_lease(user, &lease, &strs(&argv));
+    out.assert_code(77).assert_stderr_has("version");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn oversized_lease(user: User) {
+    // SPEC §3.4 step 1: read at most a fixed number of bytes. A 1 GiB (sparse) lease file
+    // must be refused at once, not read.
+    let mut m = Marked::new();
+    let lease = m.sb.root().join("huge-lease.json");
+    let file = fs::File::create(&lease).unwrap();
+    file.set_len(1 << 30).unwrap();
+    set_mode(&lease, 0o644);
+    let argv = m.argv();
+    let out = m.sb.run_with_lease(user, &lease, &strs(&argv));
+    assert!(matches!(out.code(), 77 | 78), "oversized lease: {out}");
+    assert!(
+        out.elapsed < std::time::Duration::from_secs(3),
+        "took {:?}: was the whole file read?\n{out}",
+        out.elapsed
+    );
+    // There is one lease on the command line, so the bound is the key part, not the path.
+    out.assert_stderr_has("bytes").assert_stderr_has("limit");
     m.assert_nothing_ran(&out);
 }

@@ -635,6 +635,11 @@ impl Sandbox {
         self
     }
 
+    /// Changes which signatures later leases get, in place.
+    pub fn set_signing(&mut self, signing: Signing) {
+        self.signing = signing;
+    }
+
     /// Issues a fresh lease for the current grants (unsigned), returns its path.
     pub fn issue(&mut self) -> PathBuf {
         self.runs += 1;
