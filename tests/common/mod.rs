@@ -676,6 +676,13 @@ impl Sandbox {
                 args.push(p.clone().into_os_string());
             }
         }
+        // CALYX_TEST_PROFILE=strict runs the whole suite under another profile, except the
+        // scenarios that name their own.
+        let own_profile = self.issue_extra.iter().any(|a| a == "--profile");
+        if let Some(profile) = std::env::var_os("CALYX_TEST_PROFILE").filter(|_| !own_profile) {
+            args.push("--profile".into());
+            args.push(profile);
+        }
         args.extend(self.issue_extra.iter().cloned());
         calyx_ok(&args);
         lease
