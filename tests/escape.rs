@@ -68,6 +68,7 @@ both_users!(
     host_sysv_shared_memory,
     plant_setuid_in_write_grant,
     grant_swapped_for_symlink_during_setup,
+    seccomp_other_abis,
 );
 
 fn s(p: &Path) -> &str {
@@ -1289,4 +1290,56 @@ sys.exit(42)
         ran + refused >= 5,
         "too few runs to mean anything: {ran} + {refused}"
     );
+}
+
+fn seccomp_other_abis(user: User) {
+    // A filter that only knows x86_64 numbers is bypassed through the i386 ABI (int 0x80)
+    // or the x32 ABI (nr | 0x40000000). unshare(CLONE_NEWUSER) is tried through both, each
+    // in a child so that a SIGSYS kill is an answer, not the end of the payload.
+    let mut sb = Sandbox::new();
+    let out = sb.run_py(
+        user,
+        r#"
+import mmap, struct
+def in_child(tag, fn):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            r = fn()
+            print(f"{tag}: returned {r}", flush=True)
+        except OSError as e:
+            print(f"{tag}: {errno.errorcode.get(e.errno, e.errno)}", flush=True)
+        os._exit(0)
+    _, st = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(st):
+        print(f"{tag}: signal {os.WTERMSIG(st)}", flush=True)
+def i386_unshare():
+    # push rbx; mov eax, 310 (i386 unshare); mov ebx, CLONE_NEWUSER; int 0x80; pop rbx; ret
+    code = (b"\x53\xb8" + struct.pack("<I", 310) + b"\xbb" + struct.pack("<I", 0x10000000)
+            + b"\xcd\x80\x5b\xc3")
+    buf = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    buf.write(code)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    return ctypes.CFUNCTYPE(ctypes.c_int)(addr)()
+in_child("i386", i386_unshare)
+in_child("x32", lambda: sysc(0x40000000 | 272, 0x10000000))
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE);
+    // Denied (-EPERM = -1, -ENOSYS = -38), killed (SIGSYS 31; SIGSEGV 11 without ia32
+    // emulation), or the executable mapping itself refused: never a new user namespace.
+    out.assert_value_in(
+        "i386",
+        &[
+            "returned -1",
+            "returned -38",
+            "signal 31",
+            "signal 11",
+            "EPERM",
+            "EACCES",
+        ],
+    );
+    out.assert_value_in("x32", &["EPERM", "ENOSYS", "signal 31"]);
 }
