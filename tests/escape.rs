@@ -69,6 +69,7 @@ both_users!(
     plant_setuid_in_write_grant,
     grant_swapped_for_symlink_during_setup,
     seccomp_other_abis,
+    exec_bypasses,
 );
 
 fn s(p: &Path) -> &str {
@@ -1342,4 +1343,60 @@ sys.exit(42)
         ],
     );
     out.assert_value_in("x32", &["EPERM", "ENOSYS", "signal 31"]);
+}
+
+fn exec_bypasses(user: User) {
+    // Other doors to the same attack as exec_from_write_only_grant: run a binary the payload
+    // brought along, from /tmp, through the dynamic loader (mmap instead of execve), or
+    // fileless from a memfd.
+    let sb = Sandbox::new();
+    let work = sb.mkdir("work", 0o755);
+    let t = work.join("true");
+    fs::copy("/usr/bin/true", &t).unwrap();
+    set_mode(&t, 0o755);
+    let mut sb = sb.write(&work);
+    let out = sb.run_py(
+        user,
+        r#"
+import shutil, subprocess
+def run(argv):
+    try:
+        r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as e:
+        return errno.errorcode.get(e.errno, e.errno)
+    return "ran" if r.returncode == 0 else f"exit {r.returncode}"
+attempt("tmp_copy", lambda: shutil.copy("/usr/bin/true", "/tmp/true"))
+attempt("tmp_chmod", lambda: os.chmod("/tmp/true", 0o755))
+print(f"tmp_exec: {run(['/tmp/true'])}", flush=True)
+ldso = "/lib64/ld-linux-x86-64.so.2"
+print(f"ldso_write_grant: {run([ldso, sys.argv[1]])}", flush=True)
+print(f"ldso_tmp: {run([ldso, '/tmp/true'])}", flush=True)
+def memfd_exec():
+    fd = os.memfd_create("payload", 0)
+    os.write(fd, open("/usr/bin/true", "rb").read())
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execve(fd, ["true"], {})
+        except OSError as e:
+            os._exit(100 + e.errno)
+    _, st = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(st)
+    return "ran" if code == 0 else (errno.errorcode.get(code - 100, code) if code > 100 else f"exit {code}")
+try:
+    print(f"memfd_exec: {memfd_exec()}", flush=True)
+except OSError as e:
+    print(f"memfd_exec: {errno.errorcode.get(e.errno, e.errno)}", flush=True)
+sys.exit(42)
+"#,
+        &[s(&t)],
+    );
+    out.assert_code(PAYLOAD_DONE);
+    for door in ["tmp_exec", "ldso_write_grant", "ldso_tmp", "memfd_exec"] {
+        let got = out.value(door);
+        assert!(
+            got.is_some_and(|v| v != "ran"),
+            "{door}: a binary the payload brought along ran ({got:?}): {out}"
+        );
+    }
 }
