@@ -1,0 +1,379 @@
+//! Filesystem grants: reading and writing outside them, symlink and `..` tricks, races,
+//! the lease and audit files, the capped /tmp and the mount flags of the view.
+
+use std::fs;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::{self, PAYLOAD_DONE, Sandbox, User, set_mode, unique};
+use crate::{READ_DENIED, WRITE_DENIED, s};
+
+pub(crate) fn read_outside_grant(user: User) {
+    let sb = Sandbox::new();
+    let secret_value = unique("secret");
+    sb.mkdir("hidden", 0o755);
+    // World-readable: for nobody too, the sandbox must be the only thing in the way.
+    let secret = sb.file("hidden/secret.txt", &secret_value, 0o644);
+    let granted = sb.mkdir("granted", 0o755);
+    sb.file("granted/ok.txt", "fine", 0o644);
+    let mut sb = sb.read(&granted);
+    let out = sb.run_py(
+        user,
+        r#"
+attempt("control", lambda: open(sys.argv[1] + "/ok.txt").read())
+attempt("secret", lambda: open(sys.argv[2]).read())
+attempt("listdir", lambda: os.listdir(os.path.dirname(sys.argv[2])))
+attempt("passwd_shadow", lambda: open("/etc/shadow").read())
+sys.exit(42)
+"#,
+        &[s(&granted), s(&secret)],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_line("control: OK 'fine'")
+        .assert_value_in("secret", READ_DENIED)
+        .assert_value_in("listdir", READ_DENIED)
+        .assert_value_in("passwd_shadow", READ_DENIED)
+        .assert_absent(&secret_value);
+}
+
+pub(crate) fn read_via_symlink_in_write_grant(user: User) {
+    let sb = Sandbox::new();
+    let secret_value = unique("secret");
+    sb.mkdir("hidden", 0o755);
+    let secret = sb.file("hidden/secret.txt", &secret_value, 0o644);
+    let work = sb.mkdir("work", 0o755);
+    // Planted from the host side before the run: an absolute link out of the grant.
+    std::os::unix::fs::symlink(&secret, work.join("planted")).unwrap();
+    let mut sb = sb.write(&work);
+    let out = sb.run_py(
+        user,
+        r#"
+w, secret = sys.argv[1], sys.argv[2]
+attempt("planted", lambda: open(w + "/planted").read())
+attempt("make_link", lambda: os.symlink(secret, w + "/mine"))
+attempt("own_link", lambda: open(w + "/mine").read())
+attempt("relative_link", lambda: os.symlink("../hidden/secret.txt", w + "/rel"))
+attempt("own_relative", lambda: open(w + "/rel").read())
+attempt("proc_root", lambda: open("/proc/self/root" + secret).read())
+sys.exit(42)
+"#,
+        &[s(&work), s(&secret)],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("planted", READ_DENIED)
+        .assert_value_in("own_link", READ_DENIED)
+        .assert_value_in("own_relative", READ_DENIED)
+        .assert_value_in("proc_root", READ_DENIED)
+        .assert_absent(&secret_value);
+    // Making a link inside a write grant is allowed by default (strict denies symlink(2));
+    // following it out is what must fail.
+    out.assert_value_in("make_link", &["OK None", "EPERM"]);
+    assert_eq!(fs::read_to_string(&secret).unwrap(), secret_value);
+}
+
+pub(crate) fn read_via_dotdot_from_grant(user: User) {
+    let sb = Sandbox::new();
+    let secret_value = unique("secret");
+    sb.mkdir("hidden", 0o755);
+    let secret = sb.file("hidden/secret.txt", &secret_value, 0o644);
+    sb.file("sibling.txt", &secret_value, 0o644);
+    let granted = sb.mkdir("granted", 0o755);
+    let mut sb = sb.read(&granted);
+    let out = sb.run_py(
+        user,
+        r#"
+g = sys.argv[1]
+attempt("dotdot_abs", lambda: open(g + "/../hidden/secret.txt").read())
+attempt("dotdot_sibling", lambda: open(g + "/../sibling.txt").read())
+os.chdir(g)
+attempt("dotdot_rel", lambda: open("../hidden/secret.txt").read())
+attempt("dotdot_deep", lambda: open("../../../../../../" + sys.argv[2]).read())
+sys.exit(42)
+"#,
+        &[s(&granted), s(&secret)],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("dotdot_abs", READ_DENIED)
+        .assert_value_in("dotdot_sibling", READ_DENIED)
+        .assert_value_in("dotdot_rel", READ_DENIED)
+        .assert_value_in("dotdot_deep", READ_DENIED)
+        .assert_absent(&secret_value);
+}
+
+pub(crate) fn write_outside_grant(user: User) {
+    let sb = Sandbox::new();
+    // World-writable host targets, so only the sandbox stands in the way for nobody too.
+    let outside = sb.mkdir("outside", 0o777);
+    let victim = sb.file("outside/victim.txt", "original", 0o666);
+    let ro = sb.mkdir("ro", 0o777);
+    let ro_file = sb.file("ro/file.txt", "read-only", 0o666);
+    let work = sb.mkdir("work", 0o755);
+    let mut sb = sb.read(&ro).write(&work);
+    let out = sb.run_py(
+        user,
+        r#"
+outside, ro, w = sys.argv[1], sys.argv[2], sys.argv[3]
+attempt("control", lambda: open(w + "/ok.txt", "w").write("ok"))
+attempt("victim", lambda: open(outside + "/victim.txt", "w").write("pwned"))
+attempt("create", lambda: open(outside + "/new.txt", "w").write("pwned"))
+attempt("ro_write", lambda: open(ro + "/file.txt", "w").write("pwned"))
+attempt("ro_create", lambda: open(ro + "/new.txt", "w").write("pwned"))
+attempt("ro_unlink", lambda: os.unlink(ro + "/file.txt"))
+attempt("ro_chmod", lambda: os.chmod(ro + "/file.txt", 0o777))
+sys.exit(42)
+"#,
+        &[s(&outside), s(&ro), s(&work)],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_line("control: OK 2")
+        .assert_value_in("victim", WRITE_DENIED)
+        .assert_value_in("create", WRITE_DENIED)
+        .assert_value_in("ro_write", WRITE_DENIED)
+        .assert_value_in("ro_create", WRITE_DENIED)
+        .assert_value_in("ro_unlink", WRITE_DENIED)
+        .assert_value_in("ro_chmod", WRITE_DENIED);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "original");
+    assert!(
+        !outside.join("new.txt").exists(),
+        "a file appeared outside the grant"
+    );
+    assert_eq!(fs::read_to_string(&ro_file).unwrap(), "read-only");
+    assert!(
+        !ro.join("new.txt").exists(),
+        "a file appeared in a read-only grant"
+    );
+    assert_eq!(fs::read_to_string(work.join("ok.txt")).unwrap(), "ok");
+}
+
+pub(crate) fn tamper_lease_and_audit_from_inside(user: User) {
+    let mut sb = Sandbox::new();
+    let lease = sb.prepared_lease();
+    let audit = sb.audit_log();
+    let trust = sb.trust().to_owned();
+    let lease_before = fs::read(&lease).unwrap();
+    let trust_before = fs::read(&trust).unwrap();
+    let mark = unique("pwned");
+    let cmd_code = format!(
+        "{}\n{}",
+        common::PY_PRELUDE,
+        r#"
+# Reversed, so the audit log's own copy of argv cannot be mistaken for a successful write.
+mark = sys.argv[4][::-1]
+for tag, p in [("lease", sys.argv[1]), ("audit", sys.argv[2]), ("trust", sys.argv[3])]:
+    attempt(tag, lambda: open(p, "a").write(mark))
+sys.exit(42)
+"#
+    );
+    let out = sb.run_with_lease(
+        user,
+        &lease,
+        &[
+            common::PYTHON,
+            "-c",
+            &cmd_code,
+            s(&lease),
+            s(&audit),
+            s(&trust),
+            &mark,
+        ],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("lease", WRITE_DENIED)
+        .assert_value_in("audit", WRITE_DENIED)
+        .assert_value_in("trust", WRITE_DENIED);
+    assert_eq!(fs::read(&lease).unwrap(), lease_before, "the lease changed");
+    assert_eq!(
+        fs::read(&trust).unwrap(),
+        trust_before,
+        "the trust policy changed"
+    );
+    let log = fs::read_to_string(&audit).unwrap_or_default();
+    let written: String = mark.chars().rev().collect();
+    assert!(
+        !log.contains(&written),
+        "the payload wrote into the audit log:\n{log}"
+    );
+}
+
+pub(crate) fn grant_swapped_for_symlink_during_setup(user: User) {
+    // A race against the runner: while it checks and mounts a read grant, the grant flips
+    // between a real directory and a symlink to a secret one. No run may ever see the secret;
+    // each either runs on the real directory or is refused.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sb = Sandbox::new();
+    let secret_value = unique("racesecret");
+    let hidden = sb.mkdir("hidden", 0o755);
+    fs::write(hidden.join("secret"), &secret_value).unwrap();
+    set_mode(&hidden.join("secret"), 0o644);
+    sb.mkdir("shared", 0o755);
+    let real = sb.mkdir("shared/real", 0o755);
+    fs::write(real.join("secret"), "decoy").unwrap();
+    set_mode(&real.join("secret"), 0o644);
+    let data = sb.root().join("shared/data");
+    fs::rename(&real, &data).unwrap();
+    let mut sb = sb.read(&data).issue_arg("--max-uses").issue_arg("1000");
+    let lease = sb.prepared_lease();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let (stop, data, real, hidden) = (stop.clone(), data.clone(), real.clone(), hidden);
+        thread::spawn(move || {
+            let mut flips = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                // data is the real dir: park it, plant the link; then undo.
+                let _ = fs::rename(&data, &real);
+                let _ = std::os::unix::fs::symlink(&hidden, &data);
+                thread::sleep(Duration::from_micros(300));
+                let _ = fs::remove_file(&data);
+                let _ = fs::rename(&real, &data);
+                thread::sleep(Duration::from_micros(300));
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let code = format!(
+        "{}\n{}",
+        common::PY_PRELUDE,
+        r#"
+attempt("read", lambda: open(sys.argv[1] + "/secret").read())
+sys.exit(42)
+"#
+    );
+    let (mut ran, mut refused) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut leaked = None;
+    while Instant::now() < deadline && ran + refused < 40 {
+        let out = sb.run_with_lease(user, &lease, &[common::PYTHON, "-c", &code, s(&data)]);
+        if out.stdout.contains(&secret_value) || out.stderr.contains(&secret_value) {
+            leaked = Some(out);
+            break;
+        }
+        match out.code() {
+            PAYLOAD_DONE => ran += 1,
+            // Caught at check time (78) or at mount time (125, setup failed): nothing ran.
+            77 | 78 | 125 => refused += 1,
+            _ => panic!("unexpected outcome during the race: {out}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    if let Some(out) = leaked {
+        panic!("a run read the secret through the swapped grant: {out}");
+    }
+    eprintln!("race: {ran} runs, {refused} refusals, {flips} flips, no leak");
+    assert!(
+        ran + refused >= 5,
+        "too few runs to mean anything: {ran} + {refused}"
+    );
+}
+
+pub(crate) fn fill_tmp(user: User) {
+    // The sandbox's /tmp is a size-capped tmpfs: filling it stops at the cap (ENOSPC) and
+    // costs the host nothing.
+    let sb = Sandbox::new();
+    let spec = sb.file(
+        "limits.json",
+        r#"{"limits": {"tmp_bytes": 8388608}}"#,
+        0o644,
+    );
+    let mut sb = sb.issue_arg("--from").issue_arg(s(&spec));
+    let out = sb.run_py(
+        user,
+        r#"
+chunk = b"\0" * (1 << 20)
+total = 0
+def fill():
+    global total
+    with open("/tmp/fill", "wb") as f:
+        for _ in range(64):
+            f.write(chunk)
+            f.flush()
+            total += len(chunk)
+    return total
+attempt("fill", fill)
+print(f"total: {total}")
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("fill", &["ENOSPC"]);
+    let total: u64 = out.value("total").unwrap_or("0").parse().unwrap();
+    assert!(
+        total <= 8 << 20,
+        "wrote {total} bytes into an 8 MiB /tmp\n{out}"
+    );
+}
+
+pub(crate) fn mount_flags(user: User) {
+    // SPEC §4.2: every mount nosuid and nodev (device binds under /dev excepted, they would
+    // not work otherwise), what is not granted exec is noexec, read grants read-only, and
+    // nothing of the host is mounted beyond the profile's paths and the grants.
+    let sb = Sandbox::new();
+    let r = sb.mkdir("r", 0o755);
+    let w = sb.mkdir("w", 0o755);
+    let x = sb.mkdir("x", 0o755);
+    let mut sb = sb.read(&r).write(&w).exec(&x);
+    let out = sb.run_py(
+        user,
+        r#"
+for line in open("/proc/self/mountinfo"):
+    f = line.split()
+    print(f"mount {f[4]} {f[5]}")
+attempt("dev_create", lambda: open("/dev/planted", "w").write("x"))
+attempt("root_create", lambda: open("/planted", "w").write("x"))
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_value_in("dev_create", WRITE_DENIED)
+        .assert_value_in("root_create", WRITE_DENIED);
+    let mounts: Vec<(&str, Vec<&str>)> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("mount "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(point, opts)| (point, opts.split(',').collect()))
+        .collect();
+    assert!(mounts.len() >= 5, "too few mounts parsed: {out}");
+    let find = |want: &Path| {
+        mounts
+            .iter()
+            .find(|(p, _)| Path::new(p) == want)
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| panic!("{want:?} is not mounted: {out}"))
+    };
+    for (point, opts) in &mounts {
+        assert!(opts.contains(&"nosuid"), "{point} lacks nosuid: {out}");
+        if !point.starts_with("/dev/") {
+            assert!(opts.contains(&"nodev"), "{point} lacks nodev: {out}");
+        }
+        let known = [
+            "/", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/tmp", "/proc", "/dev",
+        ]
+        .iter()
+        .any(|k| point == k || point.starts_with(&format!("{k}/")));
+        assert!(known, "unexpected host mount {point} in the sandbox: {out}");
+    }
+    for noexec in [Path::new("/tmp"), &r, &w] {
+        assert!(
+            find(noexec).contains(&"noexec"),
+            "{noexec:?} is not noexec: {out}"
+        );
+    }
+    assert!(
+        find(&r).contains(&"ro"),
+        "the read grant is writable: {out}"
+    );
+    assert!(
+        find(&w).contains(&"rw"),
+        "the write grant is read-only: {out}"
+    );
+    assert!(
+        !find(&x).contains(&"noexec"),
+        "the exec grant is noexec: {out}"
+    );
+}
