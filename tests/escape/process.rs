@@ -59,7 +59,7 @@ pub(crate) fn tiocsti_on_stdin(user: User) {
         r#"
 import fcntl, termios
 print(f"isatty: {os.isatty(0)}", flush=True)
-attempt("tiocsti", lambda: fcntl.ioctl(0, termios.TIOCSTI, b"x"))
+attempt("tiocsti", lambda: fcntl.ioctl(0, termios.TIOCSTI, b"Q"))
 attempt("tioclinux", lambda: fcntl.ioctl(0, 0x541C, b"\x06\x00"))
 print(f"sid_is_self: {os.getsid(0) == os.getpid()}", flush=True)
 sys.exit(42)
@@ -69,6 +69,12 @@ sys.exit(42)
     out.assert_code(PAYLOAD_DONE)
         .assert_value_in("tiocsti", &["EPERM"])
         .assert_value_in("tioclinux", &["EPERM"]);
+    // Host side: an injected byte would be echoed back through the terminal; no output line
+    // of the payload contains an upper-case Q.
+    assert!(
+        !out.stdout.contains('Q'),
+        "a byte was injected into the terminal: {out}"
+    );
     eprintln!("tiocsti: payload saw isatty = {:?}", out.value("isatty"));
 }
 
