@@ -30,3 +30,4 @@ pub mod landlock;
 pub mod mounts;
 pub mod rlimit;
 pub mod seccomp;
+pub mod setid;

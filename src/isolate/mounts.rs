@@ -161,12 +161,13 @@ impl PreparedView {
                 }
                 MountStep::Dev { nodes } => {
                     mkdirs(&mut ops, Path::new("/dev"), true)?;
-                    // A small tmpfs holds the mount points; the nodes are binds of the host's
-                    // (a tmpfs made in a user namespace cannot hold working device nodes).
+                    // A small nodev tmpfs holds the mount points; the nodes are binds of the
+                    // host's, each its own mount (a tmpfs made in a user namespace cannot hold
+                    // working device nodes anyway).
                     ops.push(Op::Tmpfs {
                         dst: c"/newroot/dev".to_owned(),
                         data: c"size=65536,mode=0755".to_owned(),
-                        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+                        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                     });
                     for n in nodes {
                         let rel = Path::new("/dev").join(n);

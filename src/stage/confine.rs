@@ -13,6 +13,9 @@ use crate::stage::channel::{LandlockLevel, Step};
 /// Why confinement could not be prepared in the parent.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
+    /// The set-id filter did not build.
+    #[error(transparent)]
+    Setid(#[from] crate::isolate::setid::SetidError),
     /// The seccomp filters did not compile.
     #[error("compiling the seccomp filters of profile {profile}: {source}")]
     Seccomp {
@@ -28,6 +31,7 @@ pub struct Confinement {
     landlock: IsoLandlockPlan,
     rlimits: Vec<(Resource, u64)>,
     seccomp: SeccompPrograms,
+    setid: [seccompiler::BpfProgram; 2],
 }
 
 impl Confinement {
@@ -53,16 +57,18 @@ impl Confinement {
                 source,
             }
         })?;
+        let setid = crate::isolate::setid::build_setid_filters()?;
         Ok(Confinement {
             landlock,
             rlimits: profile.rlimits.clone(),
             seccomp,
+            setid,
         })
     }
 
     /// One-line seccomp status for reports.
     pub fn seccomp_status(&self) -> String {
-        self.seccomp.status_line()
+        format!("{}, set-id modes refused", self.seccomp.status_line())
     }
 
     /// The rlimits requested.
@@ -95,6 +101,9 @@ impl Confinement {
 
     /// In the payload child right before exec: seccomp, the last step.
     pub fn apply_in_payload(&self) -> Result<(), (Step, i32)> {
+        // The set-id filter first: the profile's stack may deny prctl/seccomp itself.
+        crate::isolate::setid::apply_setid_filters_on_current_thread(&self.setid)
+            .map_err(|_| (Step::Seccomp, libc::EPERM))?;
         seccomp::apply_seccomp_on_current_thread(&self.seccomp)
             .map_err(|_| (Step::Seccomp, libc::EPERM))
     }
