@@ -178,6 +178,15 @@ def fchmod_setid():
     os.close(fd)
     return oct(os.stat(w + "/id3").st_mode & 0o7777)
 attempt("fchmod_setid", fchmod_setid)
+# File capabilities are the other way to leave a privileged binary: VFS_CAP_REVISION_2 with
+# CAP_SETUID (bit 7) permitted and effective.
+import struct
+cap = struct.pack("<IIIII", 0x02000001, 1 << 7, 0, 0, 0)
+attempt("setcap", lambda: os.setxattr(w + "/id", "security.capability", cap))
+# A world-writable device node left on the host would be as good as a setuid binary.
+import stat
+attempt("mknod_block", lambda: os.mknod(w + "/disk", stat.S_IFBLK | 0o666, os.makedev(8, 0)))
+attempt("mknod_char", lambda: os.mknod(w + "/mem", stat.S_IFCHR | 0o666, os.makedev(1, 1)))
 sys.exit(42)
 "#,
         &[s(&work)],
@@ -187,6 +196,15 @@ sys.exit(42)
         out.value("copy").is_some_and(|v| v.starts_with("OK")),
         "the control copy into the write grant failed: {out}"
     );
+    out.assert_value_in("setcap", &["EPERM", "EACCES", "EROFS", "ENOTSUP", "ENOENT"])
+        .assert_value_in("mknod_block", &["EPERM", "EACCES"])
+        .assert_value_in("mknod_char", &["EPERM", "EACCES"]);
+    for node in ["disk", "mem"] {
+        assert!(
+            !work.join(node).exists(),
+            "a device node {node} appeared on the host: {out}"
+        );
+    }
     for name in ["id", "id2", "id3", "d"] {
         let Ok(meta) = fs::metadata(work.join(name)) else {
             continue;
