@@ -27,6 +27,7 @@ both_users!(
     expired_lease,
     one_signature_only,
     trust_policy_world_writable,
+    trust_policy_owned_by_another_user,
     grant_path_through_symlink,
     user_namespaces_unavailable,
     signed_payload_with_unknown_field,
@@ -408,5 +409,16 @@ fn oversized_lease(user: User) {
     );
     // There is one lease on the command line, so the bound is the key part, not the path.
     out.assert_stderr_has("bytes").assert_stderr_has("limit");
+    m.assert_nothing_ran(&out);
+}
+
+fn trust_policy_owned_by_another_user(user: User) {
+    // SPEC §3.3: a policy neither root's nor the caller's could have been planted for the
+    // caller to trust. uid 1 (daemon) is neither, for both tiers.
+    let mut m = Marked::new();
+    common::chown(m.sb.trust(), 1);
+    let out = m.run(user);
+    let trust = m.sb.trust().to_str().unwrap().to_owned();
+    out.assert_code(78).assert_stderr_has(&trust);
     m.assert_nothing_ran(&out);
 }
