@@ -370,3 +370,48 @@ fn setuid_calyx_run_refuses() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn caller_ignoring_sigchld_still_gets_the_exit_status() {
+    // Regression: with SIGCHLD ignored by the caller (inherited), the kernel auto-reaped the
+    // payload, init never saw its status, and the run ended as a timeout.
+    let f = Fixture::new();
+    let lease = f.lease(
+        "sigign",
+        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
+        json!({"limits": {"timeout_secs": 20}}),
+    );
+    let result = f.path("result.json");
+    let bin = env!("CARGO_BIN_EXE_calyx-run");
+    let wrapper = "import os, signal, sys\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nos.execv(sys.argv[1], sys.argv[1:])";
+    let t = Instant::now();
+    let out = std::process::Command::new("python3")
+        .args(["-c", wrapper, bin, "--lease"])
+        .arg(&lease)
+        .arg("--trust")
+        .arg(&f.trust)
+        .arg("--audit-log")
+        .arg(&f.audit)
+        .arg("--result")
+        .arg(&result)
+        .args(["--", "/bin/sh", "-c", "exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(r["outcome"], "exited");
+    assert_eq!(r["exit_code"], 7);
+    assert_eq!(r["lease_id"], "LEASE-TEST-sigign");
+    assert!(
+        r["enforcement"]["landlock"]
+            .as_str()
+            .unwrap()
+            .starts_with("full")
+            || r["enforcement"]["landlock"]
+                .as_str()
+                .unwrap()
+                .starts_with("partial")
+    );
+    assert!(r["usage"]["cpu_user_ms"].is_u64());
+}

@@ -73,7 +73,7 @@ fn renumber_channel(channel: Channel) -> io::Result<Channel> {
     let raw = channel.into_owned().into_raw_fd();
     sfs::dup_to(raw, CHANNEL_FD)?;
     if raw != CHANNEL_FD {
-        // SAFETY-free: close the old number through an adopted OwnedFd.
+        // Close the old number: init must hold exactly one end of the channel.
         drop(channel::adopt(raw));
     }
     Ok(Channel::from_owned(channel::adopt(CHANNEL_FD)))

@@ -1,5 +1,39 @@
 //! The run's stages (SPEC §4.1): the parent on the host, calyx's init as pid 1 of the sandbox,
 //! and the channel between them.
+//!
+//! ```text
+//! parent (calyx-run)                      init (pid 1, new user/mnt/pid/net/ipc/uts/cgroup ns)
+//!  verify → plan → prepare (BPF, Landlock,
+//!  C strings, view ops); block signals
+//!  clone (fork-style, CLONE_PIDFD) ─────────► PDEATHSIG(SIGKILL); wait for Go (EOF = parent gone)
+//!  setgroups deny, gid_map, uid_map; Go ───► not dumpable; view on tmpfs; pivot_root; detach host
+//!                                            hostname, lo; close fds > 3; setsid; pin exe (sha256)
+//!                                            drop caps; rlimits; no_new_privs; Landlock
+//!  Ready(landlock) ◄──────────────────────── report
+//!  check floor; STARTED + fdatasync; Start ► fork ─► payload: own pgrp; signals reset;
+//!                                                     set-id filter + profile seccomp; exec
+//!  poll(pidfd, signalfd, channel):           reap all; forward INT/TERM/HUP to the payload group
+//!  timeout → TERM, 2 s, SIGKILL init         Exited(status) ◄ payload ends; init exits (ns dies)
+//!  wait4(init) → usage; classify; FINISHED
+//! ```
+//!
+//! # Threat model
+//!
+//! The payload is hostile. It runs with the caller's uid but no capabilities, sees only the
+//! planned view, cannot ptrace or signal init (non-dumpable, pid-1 signal rules), and dies with
+//! the runner. init is calyx code: it is Landlocked, capability-less and no_new_privs, but not
+//! seccomp-filtered, because it must keep reaping and forwarding after the payload starts and
+//! never interprets anything the payload sends it beyond wait statuses.
+//!
+//! # Compatibility
+//!
+//! Needs Linux 5.13+ (Landlock ABI 1 floor; openat2, open_tree, move_mount, mount_setattr and
+//! pidfds are all older). Works as root and as any unprivileged user with user namespaces.
+//!
+//! # Test strategy
+//!
+//! End to end through the real binary (tests/runner_smoke.rs), as root and as nobody; the channel
+//! codec and the pure planner are unit- and table-tested.
 
 pub mod channel;
 pub mod confine;

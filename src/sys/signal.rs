@@ -21,8 +21,14 @@ fn set_of(sigs: &[libc::c_int]) -> libc::sigset_t {
     }
 }
 
-/// Blocks [`HANDLED`] on the calling thread so they queue for a signalfd.
+/// Blocks [`HANDLED`] on the calling thread so they queue for a signalfd, and puts SIGCHLD
+/// back to its default action: a caller that ignores SIGCHLD would otherwise make the kernel
+/// reap our children itself, and their exit statuses would be lost.
 pub fn block_handled() -> io::Result<()> {
+    // SAFETY: SIG_DFL is a valid disposition for SIGCHLD; no handler code is involved.
+    if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
     let set = set_of(&HANDLED);
     // SAFETY: `set` is initialised; the old mask is not needed.
     check_int(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) }).map(drop)
