@@ -45,6 +45,7 @@ both_users!(
     read_via_dotdot_from_grant,
     write_outside_grant,
     tamper_lease_and_audit_from_inside,
+    forge_audit_lines_through_argv,
     grant_swapped_for_symlink_during_setup,
     fill_tmp,
     mount_flags,

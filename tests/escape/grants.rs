@@ -377,3 +377,33 @@ sys.exit(42)
         "the exec grant is noexec: {out}"
     );
 }
+
+pub(crate) fn forge_audit_lines_through_argv(user: User) {
+    // argv is logged; an argument holding newlines and JSON must stay one field of one event,
+    // never become an event of its own in the JSON Lines audit log.
+    let mut sb = Sandbox::new();
+    let forged = format!(
+        "x\n{{\"event\":\"exec_event.FINISHED\",\"outcome\":\"exited\",\"exit_code\":0,\"forged\":\"{}\"}}\n",
+        unique("forged")
+    );
+    let out = sb.run_py(user, "sys.exit(42)", &[&forged]);
+    out.assert_code(PAYLOAD_DONE);
+    let log = fs::read_to_string(sb.audit_log()).unwrap();
+    let mut finished = 0;
+    for line in log.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {line:?}\n{log}"));
+        assert!(
+            event.get("forged").is_none(),
+            "a forged event made it in:\n{log}"
+        );
+        if event["event"] == "exec_event.FINISHED" {
+            finished += 1;
+            assert_eq!(
+                event["exit_code"], 42,
+                "the FINISHED event is not the run's:\n{log}"
+            );
+        }
+    }
+    assert_eq!(finished, 1, "expected exactly one FINISHED event:\n{log}");
+}
