@@ -78,6 +78,7 @@ both_users!(
     caller_open_fd,
     survive_runner_sigkill,
     outlive_timeout,
+    daemon_outlives_payload,
     proc_shows_only_sandbox,
     cwd_inside_new_root,
     hostname_not_hosts,

@@ -352,3 +352,57 @@ sys.exit(42)
         host_name
     );
 }
+
+pub(crate) fn daemon_outlives_payload(user: User) {
+    // The payload daemonizes a heartbeat (setsid, double fork, SIGTERM and SIGHUP ignored)
+    // and exits at once: the run ends with the payload, and so does everything it left.
+    let sb = Sandbox::new();
+    let work = sb.mkdir("work", 0o755);
+    let marker = unique("calyx-daemon-marker");
+    let hb = work.join("hb");
+    let mut sb = sb.write(&work);
+    let code = format!(
+        "{}\n{}",
+        common::PY_PRELUDE,
+        r#"
+import signal, time
+hb = sys.argv[1] + "/hb"
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        while True:
+            with open(hb, "a") as f:
+                f.write("x")
+            time.sleep(0.05)
+    os._exit(0)
+while not os.path.exists(hb):
+    time.sleep(0.02)
+sys.exit(42)
+"#
+    );
+    let out = sb.run_as(user, &[common::PYTHON, "-c", &code, s(&work), &marker]);
+    let mut survivors = pids_with_marker(&marker);
+    let until = Instant::now() + Duration::from_secs(3);
+    while !survivors.is_empty() && Instant::now() < until {
+        thread::sleep(Duration::from_millis(50));
+        survivors = pids_with_marker(&marker);
+    }
+    kill_pids(&survivors);
+    assert!(
+        survivors.is_empty(),
+        "the daemon outlived the run: {survivors:?}\n{out}"
+    );
+    out.assert_code(PAYLOAD_DONE);
+    assert!(
+        out.elapsed < Duration::from_secs(10),
+        "the run waited {:?} for its daemon\n{out}",
+        out.elapsed
+    );
+    let len1 = fs::metadata(&hb).map(|m| m.len()).unwrap_or(0);
+    thread::sleep(Duration::from_millis(300));
+    let len2 = fs::metadata(&hb).map(|m| m.len()).unwrap_or(0);
+    assert!(len1 > 0, "the heartbeat never ran\n{out}");
+    assert_eq!(len1, len2, "the heartbeat kept going after the run\n{out}");
+}
