@@ -49,6 +49,7 @@ both_users!(
     grant_swapped_for_symlink_during_setup,
     fill_tmp,
     mount_flags,
+    landlock_beneath_the_mounts,
     // exec
     exec_from_write_only_grant,
     exec_bypasses,

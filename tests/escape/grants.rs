@@ -407,3 +407,42 @@ pub(crate) fn forge_audit_lines_through_argv(user: User) {
     }
     assert_eq!(finished, 1, "expected exactly one FINISHED event:\n{log}");
 }
+
+pub(crate) fn landlock_beneath_the_mounts(user: User) {
+    // Defence in depth (SPEC §4.2): what the view shows but the lease does not grant is still
+    // refused by Landlock. The root tmpfs, /dev and the directory above a grant are all in
+    // the view with mode 0755, so only Landlock explains an EACCES there.
+    // Outside /tmp: the sandbox's own /tmp is granted, and would explain a listing there.
+    let base = tempfile::Builder::new()
+        .prefix("calyx-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    set_mode(base.path(), 0o755);
+    let granted = base.path().join("granted");
+    fs::create_dir(&granted).unwrap();
+    set_mode(&granted, 0o755);
+    fs::write(granted.join("ok.txt"), "fine").unwrap();
+    set_mode(&granted.join("ok.txt"), 0o644);
+    let mut sb = Sandbox::new().read(&granted);
+    let out = sb.run_py(
+        user,
+        r#"
+g = sys.argv[1]
+attempt("mode_of_parent", lambda: oct(os.stat(os.path.dirname(g)).st_mode & 0o777))
+attempt("mode_of_root", lambda: oct(os.stat("/").st_mode & 0o777))
+attempt("list_root", lambda: os.listdir("/"))
+attempt("list_dev", lambda: os.listdir("/dev"))
+attempt("list_parent", lambda: os.listdir(os.path.dirname(g)))
+attempt("list_grant", lambda: os.listdir(g))
+sys.exit(42)
+"#,
+        &[s(&granted)],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_line("mode_of_root: OK '0o755'")
+        .assert_line("mode_of_parent: OK '0o755'")
+        .assert_line("list_grant: OK ['ok.txt']")
+        .assert_value_in("list_root", &["EACCES"])
+        .assert_value_in("list_dev", &["EACCES"])
+        .assert_value_in("list_parent", &["EACCES"]);
+}
