@@ -162,6 +162,7 @@ fn signing_twice_with_one_key_is_a_no_op() {
     let f = Fixture::new();
     f.issue("l.json", &[]);
     f.ok(&["lease", "sign", "l.json", "--key", "alice.key"]);
+    std::fs::set_permissions(f.path("l.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let before = std::fs::read(f.path("l.json")).unwrap();
     let r = f.ok(&["lease", "sign", "l.json", "--key", "alice.key"]);
     assert!(
@@ -170,6 +171,10 @@ fn signing_twice_with_one_key_is_a_no_op() {
         r.stdout
     );
     assert_eq!(std::fs::read(f.path("l.json")).unwrap(), before);
+    // Cosigning in place keeps the file's mode.
+    f.ok(&["lease", "sign", "l.json", "--key", "cp14.key"]);
+    let meta = std::fs::metadata(f.path("l.json")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 }
 
 #[test]

@@ -385,3 +385,28 @@ fn missing_lease_file_names_the_path() {
     );
     assert_eq!(err.exit_code(), 77);
 }
+
+#[test]
+fn duplicate_payload_keys_are_refused() {
+    // Two parsers could pick different copies of a repeated key; refusing it leaves no choice.
+    let body = serde_json::to_string(&payload()).unwrap();
+    let body = body.replacen("{", "{\"subject\":\"root\",", 1);
+    let env = envelope(body.as_bytes(), &[alice(), cp14()]);
+    let msg = refusal(env.to_json_pretty().as_bytes(), &default_policy(), NOW);
+    assert!(
+        msg.starts_with("payload is not a valid lease: duplicate field `subject`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn duplicate_envelope_keys_are_refused() {
+    let raw = signed(&payload(), &[alice(), cp14()]);
+    let text = String::from_utf8(raw).unwrap();
+    let text = text.replacen("{", "{\"payload\": \"e30=\",", 1);
+    let msg = refusal(text.as_bytes(), &default_policy(), NOW);
+    assert!(
+        msg.starts_with("lease envelope is not valid DSSE JSON: duplicate field `payload`"),
+        "{msg}"
+    );
+}

@@ -415,3 +415,44 @@ fn caller_ignoring_sigchld_still_gets_the_exit_status() {
     );
     assert!(r["usage"]["cpu_user_ms"].is_u64());
 }
+
+#[test]
+fn closed_stdout_does_not_become_the_audit_log() {
+    // With stdout closed, the audit log would be opened as fd 1 and handed to the payload as its
+    // stdout; calyx-run puts /dev/null there first.
+    let f = Fixture::new();
+    let lease = f.lease(
+        "closed",
+        json!([{"path": "/usr/bin/python3", "args": ["-c", "*"]}]),
+        json!({}),
+    );
+    let bin = env!("CARGO_BIN_EXE_calyx-run");
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", "exec \"$@\" >&-", "sh", bin, "--lease"])
+        .arg(&lease)
+        .arg("--trust")
+        .arg(&f.trust)
+        .arg("--audit-log")
+        .arg(&f.audit)
+        .args([
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            "import os, sys\nsys.stderr.write(os.readlink('/proc/self/fd/1'))\nprint('forged')",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("/dev/null"),
+        "{}",
+        text(&out.stderr)
+    );
+    let log = std::fs::read_to_string(&f.audit).unwrap();
+    for line in log.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "payload output in the audit log: {line}"
+        );
+    }
+}

@@ -313,7 +313,11 @@ fn lease_issue(args: &IssueArgs) -> Result<(), CliError> {
 }
 
 fn write_lease(path: &Path, envelope: &Envelope) -> Result<(), CliError> {
-    crate::lease::write_file_atomic(path, envelope.to_json_pretty().as_bytes(), 0o644).map_err(
+    use std::os::unix::fs::PermissionsExt;
+    // Keep the mode of a lease being cosigned in place; new leases are world-readable, since a
+    // lease grants nothing without the runner's own trust policy.
+    let mode = std::fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o777);
+    crate::lease::write_file_atomic(path, envelope.to_json_pretty().as_bytes(), mode).map_err(
         |source| CliError::Io {
             op: "writing lease",
             path: path.to_owned(),

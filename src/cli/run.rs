@@ -99,6 +99,13 @@ pub fn main(args: Args) -> u8 {
         );
         return exit::SETUP_FAILED;
     }
+    // A closed stdin/stdout/stderr would let the audit log or the channel take that number and
+    // reach the payload as a standard stream. Rust's runtime does this today too; the explicit
+    // check keeps the guarantee ours.
+    if let Err(e) = sys::fs::ensure_std_fds() {
+        eprintln!("calyx-run: opening /dev/null for a closed standard descriptor: {e}");
+        return exit::SETUP_FAILED;
+    }
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();

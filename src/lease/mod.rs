@@ -1,7 +1,24 @@
 //! Leases: the payload model, the DSSE envelope, keys, trust policies and verification.
 //!
-//! The order matters and is enforced in [`verify`]: bound the input, authenticate the exact
-//! bytes against a trust policy the caller owns, only then parse the payload and check it.
+//! # Threat model
+//!
+//! A lease file is attacker-controlled until verified: it may be huge, malformed, re-signed,
+//! replayed after expiry, or signed by the right number of keys in the wrong roles. The trust
+//! policy is the root of authority and must be a file only root or the caller can change.
+//! Private keys must be readable only by their owner.
+//!
+//! # Order
+//!
+//! Enforced in [`verify`]: bound the input, authenticate the exact bytes against the trust
+//! policy, only then parse the payload and check it. Revocation and remaining uses are the
+//! ledger's job, on the [`verify::Verified`] result.
+//!
+//! # Test strategy
+//!
+//! Every refusal has a test pinning its exact message (`tests/lease_verify.rs`, with an
+//! injected clock); file permission rules in `tests/lease_trust.rs`; round trips and PAE
+//! properties in `tests/lease_props.rs`; the binary end to end in `tests/cli_calyx.rs`; and a
+//! cargo-fuzz target in `fuzz/`.
 
 pub mod argv;
 mod atomic;

@@ -236,3 +236,21 @@ pub fn attach_tree(fd: BorrowedFd<'_>, target: &CStr) -> io::Result<()> {
     };
     check(ret).map(drop)
 }
+
+/// Opens /dev/null on any of fds 0, 1, 2 that is closed, so no file calyx opens later (the
+/// audit log, the channel) can land on a standard descriptor and be handed to the payload.
+pub fn ensure_std_fds() -> io::Result<()> {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the descriptor table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1 {
+            continue;
+        }
+        // SAFETY: the path is a static NUL-terminated string; the lowest free descriptor is
+        // `fd` itself because every lower one is open (checked in order).
+        let got = check_int(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) })?;
+        if got != fd {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+    }
+    Ok(())
+}
