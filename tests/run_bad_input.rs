@@ -32,6 +32,7 @@ both_users!(
     user_namespaces_unavailable,
     signed_payload_with_unknown_field,
     signed_payload_with_future_version,
+    signed_payload_with_duplicate_key,
     oversized_lease,
 );
 
@@ -91,6 +92,12 @@ impl Marked {
     fn run(&mut self, user: User) -> Outcome {
         let argv = self.argv();
         self.sb.run_as(user, &strs(&argv))
+    }
+
+    /// Runs the allowed argv with a given lease.
+    fn run_with(&mut self, user: User, lease: &Path) -> Outcome {
+        let argv = self.argv();
+        self.sb.run_with_lease(user, lease, &strs(&argv))
     }
 
     /// Nothing ran: no marker, and no STARTED record in the audit log.
@@ -369,6 +376,32 @@ fn resign_with(m: &mut Marked, edit: impl FnOnce(&mut serde_json::Value)) -> Pat
     fs::write(&lease, serde_json::to_vec(&env).unwrap()).unwrap();
     m.sb.sign(&lease);
     lease
+}
+
+fn signed_payload_with_duplicate_key(user: User) {
+    // Two `commands` keys: parsers disagree on which one wins (first, last, error), so a
+    // signer shown one and a runner obeying the other is the attack; calyx must refuse.
+    let mut m = Marked::new();
+    m.sb.set_signing(Signing::Unsigned);
+    let lease = m.sb.prepared_lease();
+    let text = fs::read_to_string(&lease).unwrap();
+    let mut env: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let bytes = STANDARD.decode(env["payload"].as_str().unwrap()).unwrap();
+    let payload = String::from_utf8(bytes).unwrap();
+    let evil = payload.replacen('{', r#"{"commands":[{"path":"/bin/sh","args":["*"]}],"#, 1);
+    env["payload"] = STANDARD.encode(evil.as_bytes()).into();
+    env["signatures"] = serde_json::json!([]);
+    fs::write(&lease, serde_json::to_vec(&env).unwrap()).unwrap();
+    m.sb.sign(&lease);
+    let marker = m.marker.to_str().unwrap().to_owned();
+    // Whichever `commands` a lenient parser kept, this argv matches one of them.
+    let out =
+        m.sb.run_with_lease(user, &lease, &["/bin/sh", "-c", &format!("touch {marker}")]);
+    out.assert_code(77).assert_stderr_has("duplicate");
+    m.assert_nothing_ran(&out);
+    let out = m.run_with(user, &lease);
+    out.assert_code(77).assert_stderr_has("duplicate");
+    m.assert_nothing_ran(&out);
 }
 
 fn signed_payload_with_unknown_field(user: User) {
