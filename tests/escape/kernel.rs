@@ -13,6 +13,13 @@ attempt("mount", lambda: sysc(165, c(b"tmpfs"), c(b"/tmp"), c(b"tmpfs"), ctypes.
 attempt("fsopen", lambda: sysc(430, c(b"tmpfs"), 0))
 attempt("pivot_root", lambda: sysc(155, c(b"/tmp"), c(b"/tmp")))
 attempt("umount", lambda: sysc(166, c(b"/proc"), 2))
+# The rest of the mount API, the classic chroot escape, and rewriting our own id maps.
+attempt("open_tree", lambda: sysc(428, -100, c(b"/"), 1))
+attempt("move_mount", lambda: sysc(429, -100, c(b"/tmp"), -100, c(b"/"), 0))
+attempt("fsmount", lambda: sysc(432, 0, 0, 0))
+attempt("mount_setattr", lambda: sysc(442, -100, c(b"/usr"), 0, None, 0))
+attempt("chroot", lambda: sysc(161, c(b"/tmp")))
+attempt("uid_map", lambda: open("/proc/self/uid_map", "w").write("0 0 4294967295\n"))
 sys.exit(42)
 "#,
         &[],
@@ -21,7 +28,13 @@ sys.exit(42)
         .assert_value_in("mount", &["EPERM"])
         .assert_value_in("fsopen", &["EPERM"])
         .assert_value_in("pivot_root", &["EPERM"])
-        .assert_value_in("umount", &["EPERM"]);
+        .assert_value_in("umount", &["EPERM"])
+        .assert_value_in("open_tree", &["EPERM"])
+        .assert_value_in("move_mount", &["EPERM"])
+        .assert_value_in("fsmount", &["EPERM"])
+        .assert_value_in("mount_setattr", &["EPERM"])
+        .assert_value_in("chroot", &["EPERM"])
+        .assert_value_in("uid_map", &["EPERM", "EACCES"]);
 }
 
 pub(crate) fn unshare_new_user_namespace(user: User) {
