@@ -77,6 +77,7 @@ both_users!(
     tiocsti_on_stdin,
     caller_env_secret,
     caller_open_fd,
+    caller_closed_stdio,
     survive_runner_sigkill,
     outlive_timeout,
     daemon_outlives_payload,

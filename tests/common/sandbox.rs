@@ -41,6 +41,8 @@ pub enum Wiring {
     /// `user.max_user_namespaces` is 0: a host without user namespaces, for this process
     /// tree only, so other tests on the machine are unaffected.
     NoUserNamespaces,
+    /// calyx-run starts with stdin, stdout and stderr closed.
+    ClosedStdio,
 }
 
 /// One sandbox scenario: a temp dir (0755, so nobody can traverse it), two keys, a trust
@@ -366,6 +368,14 @@ impl Sandbox {
                 argv.extend([PYTHON, "-c", PTY_WRAPPER].map(OsString::from));
             }
             Wiring::NoUserNamespaces => {}
+            Wiring::ClosedStdio => {
+                // Whatever calyx-run opens first would land on 0-2 and, unless it takes
+                // care, be inherited by the payload as its stdio.
+                argv.extend(
+                    ["/bin/sh", "-c", "exec 0<&- 1>&- 2>&- && exec \"$@\"", "sh"]
+                        .map(OsString::from),
+                );
+            }
         }
         argv.extend(user.prefix());
         if let Wiring::NoUserNamespaces = self.wiring {

@@ -406,3 +406,58 @@ sys.exit(42)
     assert!(len1 > 0, "the heartbeat never ran\n{out}");
     assert_eq!(len1, len2, "the heartbeat kept going after the run\n{out}");
 }
+
+pub(crate) fn caller_closed_stdio(user: User) {
+    // Started with fds 0-2 closed, calyx-run's own files (lease, trust policy, audit log,
+    // channel) must not become the payload's stdio: writing to 1 and 2 must not reach them.
+    let sb = Sandbox::new();
+    let work = sb.mkdir("work", 0o755);
+    let mark = unique("stdio-forged");
+    let mut sb = sb.write(&work).wiring(Wiring::ClosedStdio);
+    let lease = sb.prepared_lease();
+    let code = format!(
+        "{}\n{}",
+        common::PY_PRELUDE,
+        r#"
+w, mark = sys.argv[1], sys.argv[2][::-1]
+links = []
+for fd in (0, 1, 2):
+    try:
+        links.append(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
+    except OSError as e:
+        links.append(f"{fd}: {errno.errorcode.get(e.errno)}")
+    try:
+        os.write(fd, (mark + "\n").encode())
+    except OSError:
+        pass
+open(w + "/fds", "w").write("\n".join(links) + "\n")
+os._exit(42)
+"#
+    );
+    let out = sb.run_with_lease(
+        user,
+        &lease,
+        &[common::PYTHON, "-c", &code, s(&work), &mark],
+    );
+    out.assert_code(PAYLOAD_DONE);
+    let fds = fs::read_to_string(work.join("fds")).unwrap_or_default();
+    assert!(
+        fds.lines().count() == 3,
+        "the payload did not report its fds: {out}"
+    );
+    eprintln!("caller_closed_stdio: payload stdio:\n{fds}");
+    let written: String = mark.chars().rev().collect();
+    for file in [lease.as_path(), sb.trust(), &sb.audit_log()] {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        assert!(
+            !text.contains(&written),
+            "the payload's stdio wrote into {file:?}:\n{text}\npayload fds:\n{fds}"
+        );
+    }
+    for host_path in [s(&lease), s(sb.trust()), s(&sb.state_dir())] {
+        assert!(
+            !fds.contains(host_path),
+            "a calyx file became the payload's stdio:\n{fds}"
+        );
+    }
+}
