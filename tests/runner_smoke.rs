@@ -322,18 +322,31 @@ fn loopback_is_up_only_when_granted() {
 #[test]
 fn interrupt_reaches_the_payload_group() {
     let f = Fixture::new();
+    let grant = f.path("int");
+    std::fs::create_dir(&grant).unwrap();
+    std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o777)).unwrap();
     let lease = f.lease(
         "int",
         json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
-        json!({}),
+        json!({"paths": {"write": [grant]}}),
     );
     for who in users() {
+        let marker = grant.join(format!("{who:?}"));
+        // sh waits for sleep: a SIGINT aimed at sh alone would be held until sleep ends.
+        let script = format!("touch {} && sleep 30", marker.display());
         let mut child = f
-            .command(who, &lease, &[], &["/bin/sh", "-c", "sleep 30"])
+            .command(who, &lease, &[], &["/bin/sh", "-c", &script])
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        // SIGINT to calyx-run (the setpriv wrapper execs it, so the pid is the same).
+        let t = Instant::now();
+        while !marker.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{who:?}: the payload never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SIGINT to calyx-run (setpriv execs it, so the pid is the same).
         std::process::Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()

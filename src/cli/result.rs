@@ -1,14 +1,13 @@
 //! The machine result of a run (`--json`, `--result FILE`) and the per-layer enforcement status
 //! shared with the audit events, plus the human rendering of a plan for `--dry-run`.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::audit::RunIds;
-use crate::lease::model::{Layer, Lease, Network};
+use crate::lease::model::{Lease, Network};
 use crate::plan::{Access, MountStep, Plan};
 use crate::stage::channel::LandlockLevel;
 use crate::stage::confine::Confinement;
@@ -33,8 +32,6 @@ pub struct Enforcement {
     pub rlimits: String,
     /// Network mode.
     pub network: &'static str,
-    #[serde(skip)]
-    landlock_level: Option<LandlockLevel>,
 }
 
 impl Enforcement {
@@ -50,7 +47,10 @@ impl Enforcement {
             mounts: format!(
                 "tmpfs root (read-only), {binds} binds nosuid+nodev, /proc, /dev, /tmp; pivot_root, host root detached"
             ),
-            landlock: "pending".to_owned(),
+            landlock: format!(
+                "planned, floor ABI {} (achieved level in FINISHED)",
+                plan.landlock.min_abi
+            ),
             seccomp: confine
                 .seccomp_status()
                 .trim_start_matches("seccomp: ")
@@ -62,7 +62,6 @@ impl Enforcement {
                 Network::None => "none",
                 Network::Loopback => "loopback",
             },
-            landlock_level: None,
         }
     }
 
@@ -73,20 +72,6 @@ impl Enforcement {
             LandlockLevel::Partial => format!("partial (ABI {abi})"),
             LandlockLevel::None => "not enforced".to_owned(),
         };
-        self.landlock_level = Some(level);
-    }
-
-    /// Why the achieved status falls below the required floor, if it does.
-    pub fn floor_violation(&self, required: &BTreeSet<Layer>) -> Option<String> {
-        if required.contains(&Layer::Landlock)
-            && !matches!(
-                self.landlock_level,
-                Some(LandlockLevel::Full | LandlockLevel::Partial)
-            )
-        {
-            return Some("Landlock is required but was not enforced".to_owned());
-        }
-        None
     }
 }
 

@@ -325,14 +325,9 @@ fn run_planned(
         return fail(result, audit, e.to_string());
     }
     let timeout = Duration::from_millis(plan.timeout_ms);
-    let mut payload_started = None;
-    let required = plan.required_layers.clone();
-    let mut on_ready = |level, abi| -> Result<(), String> {
-        enforcement.landlock_reported(level, abi);
-        if let Some(why) = enforcement.floor_violation(&required) {
-            return Err(why);
-        }
-        // STARTED is on disk before the payload exists: no run without its record.
+    let mut on_released = || -> Result<(), String> {
+        // STARTED is on disk before the payload can exist: no run without its record. It
+        // carries the planned enforcement; FINISHED carries what init achieved.
         audit
             .append(
                 names::EXEC_STARTED,
@@ -340,11 +335,13 @@ fn run_planned(
                 json!({"argv": plan.argv, "profile": plan.profile, "enforcement": enforcement}),
                 Durability::Synced,
             )
-            .map_err(|e| e.to_string())?;
-        payload_started = Some(Instant::now());
-        Ok(())
+            .map_err(|e| e.to_string())
     };
-    let report: RunReport = parent::run(&ctx, plan.uid_map, plan.gid_map, timeout, &mut on_ready);
+    let report: RunReport =
+        parent::run(&ctx, plan.uid_map, plan.gid_map, timeout, &mut on_released);
+    if let Some((level, abi)) = report.landlock {
+        enforcement.landlock_reported(level, abi);
+    }
     let duration = started.elapsed();
     if let Some(e) = &report.error {
         let exe = plan.argv.first().map(String::as_str).unwrap_or("");

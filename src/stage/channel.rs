@@ -269,6 +269,18 @@ mod tests {
         assert_eq!(b.recv().unwrap(), None);
     }
 
+    /// Regression: init sent HashMismatch and exited without reading the parent's Start; the
+    /// kernel then reported ECONNRESET ahead of the queued message and the refusal was lost.
+    #[test]
+    fn message_survives_a_peer_that_exits_with_unread_data() {
+        let (parent, init) = pair().unwrap();
+        init.send(Msg::HashMismatch).unwrap();
+        parent.send(Msg::Start).unwrap();
+        drop(init);
+        assert_eq!(parent.recv().unwrap(), Some(Msg::HashMismatch));
+        assert_eq!(parent.recv().unwrap(), None);
+    }
+
     #[test]
     fn garbage_is_rejected() {
         assert_eq!(Msg::decode(&[0xff; LEN]), None);

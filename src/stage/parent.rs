@@ -76,14 +76,16 @@ const NS_FLAGS: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWCGROUP;
 
-/// Runs the sandbox. `on_ready` is called once init is confined and waiting, with the Landlock
-/// level; it writes exec_event.STARTED and returns Err(reason) to abort the run.
+/// Runs the sandbox. `on_released` is called right after init is released to build the
+/// sandbox: it writes exec_event.STARTED (synced) while init works on the other core, and
+/// returns Err(reason) to abort the run. init forks the payload only after the parent's Start,
+/// which is sent only once `on_released` succeeded: no run without its record.
 pub fn run(
     ctx: &InitContext,
     uid_map: IdMap,
     gid_map: IdMap,
     timeout: Duration,
-    on_ready: &mut dyn FnMut(LandlockLevel, u32) -> Result<(), String>,
+    on_released: &mut dyn FnMut() -> Result<(), String>,
 ) -> RunReport {
     let mut report = RunReport {
         outcome: Outcome::SetupFailed,
@@ -138,6 +140,16 @@ pub fn run(
         let _ = sproc::wait4(pid, false);
         return fail(report, format!("releasing init: {e}"));
     }
+    match on_released() {
+        Ok(()) => match parent_end.send(Msg::Start) {
+            Ok(()) => report.started = true,
+            Err(e) => report.error = Some(format!("starting the payload: {e}")),
+        },
+        Err(why) => {
+            report.error = Some(why);
+            kill_init();
+        }
+    }
 
     let mut exec_errno = None;
     let mut payload_status = None;
@@ -190,21 +202,7 @@ pub fn run(
         };
         if channel_open && rev[2] != 0 {
             match parent_end.recv() {
-                Ok(Some(Msg::Ready { landlock, abi })) => {
-                    report.landlock = Some((landlock, abi));
-                    match on_ready(landlock, abi) {
-                        Ok(()) => {
-                            report.started = true;
-                            if parent_end.send(Msg::Start).is_err() {
-                                report.started = false;
-                            }
-                        }
-                        Err(why) => {
-                            report.error = Some(why);
-                            kill_init();
-                        }
-                    }
-                }
+                Ok(Some(Msg::Ready { landlock, abi })) => report.landlock = Some((landlock, abi)),
                 Ok(Some(Msg::SetupFailed { step, errno })) => {
                     setup_failed = true;
                     report.error = Some(format!(

@@ -85,8 +85,13 @@ pub fn send_packet(fd: std::os::fd::BorrowedFd<'_>, buf: &[u8]) -> io::Result<()
 }
 
 /// Receives one packet; 0 means EOF.
+///
+/// A peer that exits with unread data in its own queue leaves ECONNRESET pending on our socket;
+/// the kernel reports it once, ahead of the packets the peer sent before exiting, so it is
+/// consumed and the receive retried (a second ECONNRESET is returned).
 pub fn recv_packet(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
+    let mut resets = 0;
     loop {
         // SAFETY: `buf` is writable for its length.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -94,6 +99,10 @@ pub fn recv_packet(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> io::Resul
             return Ok(n as usize);
         }
         let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ECONNRESET) && resets == 0 {
+            resets += 1;
+            continue;
+        }
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
