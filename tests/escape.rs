@@ -47,6 +47,7 @@ both_users!(
     tamper_lease_and_audit_from_inside,
     forge_audit_lines_through_argv,
     grant_swapped_for_symlink_during_setup,
+    write_grant_swapped_for_symlink_during_setup,
     fill_tmp,
     mount_flags,
     landlock_beneath_the_mounts,

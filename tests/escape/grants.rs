@@ -197,23 +197,43 @@ sys.exit(42)
 }
 
 pub(crate) fn grant_swapped_for_symlink_during_setup(user: User) {
-    // A race against the runner: while it checks and mounts a read grant, the grant flips
-    // between a real directory and a symlink to a secret one. No run may ever see the secret;
-    // each either runs on the real directory or is refused.
+    race_grant_swap(user, GrantKind::Read);
+}
+
+pub(crate) fn write_grant_swapped_for_symlink_during_setup(user: User) {
+    race_grant_swap(user, GrantKind::Write);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GrantKind {
+    Read,
+    Write,
+}
+
+/// A race against the runner: while it checks and mounts a grant, the grant flips between a
+/// real directory and a symlink to another one. No run may ever read (or, for a write grant,
+/// change) the link's target; each either runs on the real directory or is refused.
+fn race_grant_swap(user: User, kind: GrantKind) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let sb = Sandbox::new();
     let secret_value = unique("racesecret");
-    let hidden = sb.mkdir("hidden", 0o755);
-    fs::write(hidden.join("secret"), &secret_value).unwrap();
-    set_mode(&hidden.join("secret"), 0o644);
+    // World-writable target: for nobody too, only the sandbox protects it.
+    let hidden = sb.mkdir("hidden", 0o777);
+    let target = hidden.join("secret");
+    fs::write(&target, &secret_value).unwrap();
+    set_mode(&target, 0o666);
     sb.mkdir("shared", 0o755);
-    let real = sb.mkdir("shared/real", 0o755);
+    let real = sb.mkdir("shared/real", 0o777);
     fs::write(real.join("secret"), "decoy").unwrap();
-    set_mode(&real.join("secret"), 0o644);
+    set_mode(&real.join("secret"), 0o666);
     let data = sb.root().join("shared/data");
     fs::rename(&real, &data).unwrap();
-    let mut sb = sb.read(&data).issue_arg("--max-uses").issue_arg("1000");
+    let sb = match kind {
+        GrantKind::Read => sb.read(&data),
+        GrantKind::Write => sb.write(&data),
+    };
+    let mut sb = sb.issue_arg("--max-uses").issue_arg("1000");
     let lease = sb.prepared_lease();
     let stop = Arc::new(AtomicBool::new(false));
     let flipper = {
@@ -238,14 +258,22 @@ pub(crate) fn grant_swapped_for_symlink_during_setup(user: User) {
         common::PY_PRELUDE,
         r#"
 attempt("read", lambda: open(sys.argv[1] + "/secret").read())
+if sys.argv[2] == "write":
+    attempt("write", lambda: open(sys.argv[1] + "/secret", "a").write("pwned"))
 sys.exit(42)
 "#
     );
+    let mode = if kind == GrantKind::Write {
+        "write"
+    } else {
+        "read"
+    };
     let (mut ran, mut refused) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut leaked = None;
     while Instant::now() < deadline && ran + refused < 40 {
-        let out = sb.run_with_lease(user, &lease, &[common::PYTHON, "-c", &code, s(&data)]);
+        let argv = [common::PYTHON, "-c", &code, s(&data), mode];
+        let out = sb.run_with_lease(user, &lease, &argv);
         if out.stdout.contains(&secret_value) || out.stderr.contains(&secret_value) {
             leaked = Some(out);
             break;
@@ -260,9 +288,14 @@ sys.exit(42)
     stop.store(true, Ordering::Relaxed);
     let flips = flipper.join().unwrap();
     if let Some(out) = leaked {
-        panic!("a run read the secret through the swapped grant: {out}");
+        panic!("a run read the link's target through the swapped grant: {out}");
     }
-    eprintln!("race: {ran} runs, {refused} refusals, {flips} flips, no leak");
+    assert_eq!(
+        fs::read_to_string(&target).unwrap(),
+        secret_value,
+        "a run wrote the link's target through the swapped grant"
+    );
+    eprintln!("race ({mode}): {ran} runs, {refused} refusals, {flips} flips, no leak");
     assert!(
         ran + refused >= 5,
         "too few runs to mean anything: {ran} + {refused}"
