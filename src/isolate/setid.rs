@@ -8,6 +8,11 @@
 //! that set mode bits refuse set-id bits: chmod, fchmod, fchmodat, fchmodat2, and the creating
 //! calls open, openat, creat, mknod, mknodat (their mode argument). openat2 carries its mode in
 //! memory a filter cannot read, so it answers ENOSYS and libc falls back to openat.
+//!
+//! The same filter refuses `memfd_create` without `MFD_NOEXEC_SEAL` (EPERM): Landlock does not
+//! govern memfds (they live on an internal mount), so an executable memfd would let the payload
+//! run a binary it brought along, which the noexec write grants and Landlock's execute rights
+//! are there to prevent. A memfd sealed non-executable is still allowed.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +27,9 @@ use seccompiler::{
 pub struct SetidError(#[from] seccompiler::BackendError);
 
 const SET_ID_BITS: [u64; 2] = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+
+/// `MFD_NOEXEC_SEAL` (Linux 6.3): the memfd can never be made executable.
+const MFD_NOEXEC_SEAL: u64 = 0x0008;
 
 /// fchmodat2 has the same number on every architecture (asm-generic numbering, Linux 6.6).
 const SYS_FCHMODAT2: i64 = 452;
@@ -70,6 +78,16 @@ pub fn build_setid_filters() -> Result<[BpfProgram; 2], SetidError> {
             .collect::<Result<Vec<_>, _>>()?;
         rules.insert(nr, per_bit);
     }
+    // memfd_create(name, flags): refuse unless flags carry MFD_NOEXEC_SEAL.
+    rules.insert(
+        libc::SYS_memfd_create,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(MFD_NOEXEC_SEAL),
+            0,
+        )?])?],
+    );
     let modes = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -149,5 +167,21 @@ mod tests {
             std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777,
             0o755
         );
+    }
+
+    /// memfd_create: refused without MFD_NOEXEC_SEAL, allowed with it (on a spawned thread).
+    #[test]
+    fn executable_memfds_are_refused_on_a_thread() {
+        let res = std::thread::spawn(|| {
+            let filters = build_setid_filters().unwrap();
+            apply_setid_filters_on_current_thread(&filters).unwrap();
+            let plain = crate::sys::fs::memfd_create_probe(0);
+            let sealed = crate::sys::fs::memfd_create_probe(MFD_NOEXEC_SEAL as u32);
+            (plain, sealed)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(res.0, Err(libc::EPERM));
+        assert!(res.1.is_ok(), "{res:?}");
     }
 }

@@ -254,3 +254,18 @@ pub fn ensure_std_fds() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `memfd_create("calyx-probe", flags)`, closing the fd at once; Err(errno) on failure. Used by
+/// tests of the seccomp rules.
+pub fn memfd_create_probe(flags: u32) -> Result<(), i32> {
+    // SAFETY: the name is a static NUL-terminated string.
+    let fd = unsafe { libc::memfd_create(c"calyx-probe".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    // SAFETY: `fd` is ours and unused afterwards.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
