@@ -61,9 +61,11 @@ print(f"tmp_exec: {run(['/tmp/true'])}", flush=True)
 ldso = "/lib64/ld-linux-x86-64.so.2"
 print(f"ldso_write_grant: {run([ldso, sys.argv[1]])}", flush=True)
 print(f"ldso_tmp: {run([ldso, '/tmp/true'])}", flush=True)
-def memfd_exec():
-    fd = os.memfd_create("payload", 0)
+def memfd_exec(flags=0, chmod=False):
+    fd = os.memfd_create("payload", flags)
     os.write(fd, open("/usr/bin/true", "rb").read())
+    if chmod:
+        os.fchmod(fd, 0o755)
     pid = os.fork()
     if pid == 0:
         try:
@@ -73,16 +75,27 @@ def memfd_exec():
     _, st = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(st)
     return "ran" if code == 0 else (errno.errorcode.get(code - 100, code) if code > 100 else f"exit {code}")
-try:
-    print(f"memfd_exec: {memfd_exec()}", flush=True)
-except OSError as e:
-    print(f"memfd_exec: {errno.errorcode.get(e.errno, e.errno)}", flush=True)
+MFD_NOEXEC_SEAL, MFD_EXEC = 0x8, 0x10
+for tag, flags, chmod in [("memfd_exec", 0, False), ("memfd_mfd_exec", MFD_EXEC, False),
+                          ("memfd_sealed_chmod", MFD_NOEXEC_SEAL, True)]:
+    try:
+        print(f"{tag}: {memfd_exec(flags, chmod)}", flush=True)
+    except OSError as e:
+        print(f"{tag}: {errno.errorcode.get(e.errno, e.errno)}", flush=True)
 sys.exit(42)
 "#,
         &[s(&t)],
     );
     out.assert_code(PAYLOAD_DONE);
-    for door in ["tmp_exec", "ldso_write_grant", "ldso_tmp", "memfd_exec"] {
+    let doors = [
+        "tmp_exec",
+        "ldso_write_grant",
+        "ldso_tmp",
+        "memfd_exec",
+        "memfd_mfd_exec",
+        "memfd_sealed_chmod",
+    ];
+    for door in doors {
         let got = out.value(door);
         assert!(
             got.is_some_and(|v| v != "ran"),
