@@ -53,6 +53,8 @@ fn raw_socket(user: User, family: u32, proto: u32) {
             r#"
 family, proto = int(sys.argv[1]), int(sys.argv[2])
 attempt("raw", lambda: socket.socket(family, socket.SOCK_RAW, proto).fileno())
+# The kernel reads the family as a 32-bit int; high bits must not slip past the filter.
+attempt("raw_high_bits", lambda: sysc(41, ctypes.c_long((1 << 32) | family), socket.SOCK_RAW, proto))
 attempt("dgram", lambda: socket.socket(family, socket.SOCK_DGRAM, proto).fileno())
 attempt("unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).fileno() >= 0)
 sys.exit(42)
@@ -62,6 +64,7 @@ sys.exit(42)
         out.assert_code(PAYLOAD_DONE)
             .assert_line("unix: OK True")
             .assert_value_in("raw", &["EPERM", "EACCES"])
+            .assert_value_in("raw_high_bits", &["EPERM", "EACCES"])
             .assert_value_in("dgram", &["EPERM", "EACCES"]);
     }
 }

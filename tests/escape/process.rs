@@ -61,6 +61,10 @@ import fcntl, termios
 print(f"isatty: {os.isatty(0)}", flush=True)
 attempt("tiocsti", lambda: fcntl.ioctl(0, termios.TIOCSTI, b"Q"))
 attempt("tioclinux", lambda: fcntl.ioctl(0, 0x541C, b"\x06\x00"))
+# The kernel reads ioctl's cmd as 32 bits: a filter comparing all 64 would let a request with
+# high bits set through, and the kernel would still do TIOCSTI.
+q = ctypes.c_char_p(b"Q")
+attempt("tiocsti_high_bits", lambda: sysc(16, 0, ctypes.c_ulong((1 << 32) | termios.TIOCSTI), q))
 print(f"sid_is_self: {os.getsid(0) == os.getpid()}", flush=True)
 sys.exit(42)
 "#,
@@ -68,7 +72,8 @@ sys.exit(42)
     );
     out.assert_code(PAYLOAD_DONE)
         .assert_value_in("tiocsti", &["EPERM"])
-        .assert_value_in("tioclinux", &["EPERM"]);
+        .assert_value_in("tioclinux", &["EPERM"])
+        .assert_value_in("tiocsti_high_bits", &["EPERM"]);
     // Host side: an injected byte would be echoed back through the terminal; no output line
     // of the payload contains an upper-case Q.
     assert!(
