@@ -191,6 +191,10 @@ def fchmod_setid():
     os.close(fd)
     return oct(os.stat(w + "/id3").st_mode & 0o7777)
 attempt("fchmod_setid", fchmod_setid)
+# The kernel reads the mode as 16 bits: high bits must not slip a set-id mode past a filter.
+hi = lambda m: ctypes.c_ulong((1 << 32) | m)
+attempt("chmod_high_bits", lambda: sysc(90, ctypes.c_char_p((w + "/id").encode()), hi(0o4755)))
+attempt("fchmodat_high_bits", lambda: sysc(268, -100, ctypes.c_char_p((w + "/id").encode()), hi(0o4755)))
 # File capabilities are the other way to leave a privileged binary: VFS_CAP_REVISION_2 with
 # CAP_SETUID (bit 7) permitted and effective.
 import struct
