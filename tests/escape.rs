@@ -71,6 +71,7 @@ both_users!(
     connect_host_listener_network_loopback,
     netlink_socket,
     packet_socket,
+    rare_socket_families,
     connect_host_abstract_unix_socket,
     host_sysv_shared_memory,
     // process

@@ -155,3 +155,42 @@ sys.exit(42)
         .assert_value_in("shmget", &["ENOENT", "EPERM"])
         .assert_value_in("listed", &["OK False", "ENOENT", "EACCES"]);
 }
+
+pub(crate) fn rare_socket_families(user: User) {
+    // Families with a history of kernel bugs, under the more permissive network mode: only
+    // AF_UNIX, AF_INET and AF_INET6 exist for the payload, and raw IP needs CAP_NET_RAW.
+    let mut sb = Sandbox::new().network(Net::Loopback);
+    let out = sb.run_py(
+        user,
+        r#"
+families = {"AF_KEY": 15, "AF_RDS": 21, "AF_CAN": 29, "AF_TIPC": 30, "AF_BLUETOOTH": 31,
+            "AF_ALG": 38, "AF_VSOCK": 40, "AF_XDP": 44, "AF_X25": 9, "AF_APPLETALK": 5}
+for name, fam in families.items():
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET, socket.SOCK_RAW):
+        try:
+            s = socket.socket(fam, kind, 0)
+            print(f"{name}/{kind}: OK", flush=True)
+            s.close()
+        except OSError as e:
+            if e.errno != errno.EPERM:
+                print(f"{name}/{kind}: {errno.errorcode.get(e.errno, e.errno)}", flush=True)
+attempt("inet_raw", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).fileno())
+attempt("inet_stream", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).fileno() >= 0)
+sys.exit(42)
+"#,
+        &[],
+    );
+    out.assert_code(PAYLOAD_DONE)
+        .assert_line("inet_stream: OK True")
+        .assert_value_in("inet_raw", &["EPERM"]);
+    // Every family/type pair must have been EPERM (those lines are not printed).
+    let other: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("AF_"))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "families not refused by the filter: {other:?}\n{out}"
+    );
+}
