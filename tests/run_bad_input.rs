@@ -34,6 +34,12 @@ both_users!(
     signed_payload_with_future_version,
     signed_payload_with_duplicate_key,
     oversized_lease,
+    signed_by_strangers,
+    same_key_signs_twice,
+    lease_not_yet_valid,
+    lease_lifetime_beyond_policy,
+    trust_policy_missing,
+    lease_file_missing,
 );
 
 /// Replay of a `max_uses = 1` lease. Issue #3 leaves the ledger for a later issue, so this is
@@ -453,5 +459,89 @@ fn trust_policy_owned_by_another_user(user: User) {
     let out = m.run(user);
     let trust = m.sb.trust().to_str().unwrap().to_owned();
     out.assert_code(78).assert_stderr_has(&trust);
+    m.assert_nothing_ran(&out);
+}
+
+fn signed_by_strangers(user: User) {
+    // Two valid signatures by keys the trust policy does not name count for nothing.
+    let mut m = Marked::new();
+    m.sb.set_signing(Signing::Unsigned);
+    let lease = m.sb.prepared_lease();
+    for name in ["mallory", "trudy"] {
+        let key = m.sb.stranger_key(name);
+        m.sb.sign_with(&lease, &key);
+    }
+    let out = m.run_with(user, &lease);
+    out.assert_code(77).assert_stderr_has("needs");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn same_key_signs_twice(user: User) {
+    // SPEC §3.3: a key signing twice adds nothing; alice twice is still no agent.
+    let mut m = Marked::new();
+    m.sb.set_signing(Signing::Unsigned);
+    let lease = m.sb.prepared_lease();
+    let alice = m.sb.human_key().to_owned();
+    m.sb.sign_with(&lease, &alice);
+    // `calyx lease sign` may refuse a second signature by the same key; then add it by hand.
+    let text = fs::read_to_string(&lease).unwrap();
+    let mut env: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let sigs = env["signatures"].as_array().cloned().unwrap_or_default();
+    if sigs.len() == 1 {
+        env["signatures"] = serde_json::json!([sigs[0].clone(), sigs[0].clone()]);
+        fs::write(&lease, serde_json::to_vec(&env).unwrap()).unwrap();
+    }
+    let out = m.run_with(user, &lease);
+    out.assert_code(77);
+    // Either counted once ("needs 1 agent signature") or refused outright ("signed twice").
+    assert!(
+        out.stderr.contains("agent") || out.stderr.contains("twice"),
+        "the refusal does not say why: {out}"
+    );
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn lease_not_yet_valid(user: User) {
+    let mut m = Marked::new();
+    let spec = m.sb.file(
+        "future.json",
+        r#"{"not_before": "2099-01-01T00:00:00Z", "expires_at": "2099-01-01T01:00:00Z"}"#,
+        0o644,
+    );
+    m.sb = m.sb.issue_arg("--from").issue_arg(spec.to_str().unwrap());
+    let out = m.run(user);
+    out.assert_code(77).assert_stderr_has("not valid");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn lease_lifetime_beyond_policy(user: User) {
+    // The generated trust policy allows 24 h; a 48 h lease is refused even while current.
+    let mut m = Marked::new();
+    m.sb = m.sb.issue_arg("--ttl").issue_arg("48h");
+    let out = m.run(user);
+    out.assert_code(77).assert_stderr_has("lifetime");
+    m.assert_rejected_audited(&out);
+    m.assert_nothing_ran(&out);
+}
+
+fn trust_policy_missing(user: User) {
+    let mut m = Marked::new();
+    let trust = m.sb.trust().to_owned();
+    fs::remove_file(&trust).unwrap();
+    let out = m.run(user);
+    out.assert_code(78)
+        .assert_stderr_has(trust.to_str().unwrap());
+    m.assert_nothing_ran(&out);
+}
+
+fn lease_file_missing(user: User) {
+    let mut m = Marked::new();
+    let lease = m.sb.root().join("no-such-lease.json");
+    let out = m.run_with(user, &lease);
+    assert!(matches!(out.code(), 77 | 78), "missing lease: {out}");
+    out.assert_stderr_has(lease.to_str().unwrap());
     m.assert_nothing_ran(&out);
 }

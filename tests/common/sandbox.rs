@@ -312,13 +312,35 @@ impl Sandbox {
 
     /// Adds only the human signature to `lease` (the policy also needs an agent).
     pub fn sign_human_only(&self, lease: &Path) {
+        self.sign_with(lease, &self.human_key);
+    }
+
+    /// Adds one signature with `key` to `lease`.
+    pub fn sign_with(&self, lease: &Path, key: &Path) {
         calyx_ok(&[
             OsStr::new("lease"),
             "sign".as_ref(),
             lease.as_os_str(),
             "--key".as_ref(),
-            self.human_key.as_os_str(),
+            key.as_os_str(),
         ]);
+    }
+
+    /// The human key (alice).
+    pub fn human_key(&self) -> &Path {
+        &self.human_key
+    }
+
+    /// Generates a key the trust policy does not know, returns its private key path.
+    pub fn stranger_key(&self, name: &str) -> PathBuf {
+        let key = self.dir.path().join("keys").join(format!("{name}.key"));
+        calyx_ok(&[
+            OsStr::new("key"),
+            "gen".as_ref(),
+            "--out".as_ref(),
+            key.as_os_str(),
+        ]);
+        key
     }
 
     /// Issues (and, per [`Signing`], cosigns) a lease for this run and makes it readable.
