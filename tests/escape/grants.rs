@@ -235,23 +235,43 @@ fn race_grant_swap(user: User, kind: GrantKind) {
     };
     let mut sb = sb.issue_arg("--max-uses").issue_arg("1000");
     let lease = sb.prepared_lease();
+    // The flipper is stopped and joined when the guard drops, also when an assertion below
+    // panics, so the temp dir (dropped after it) is removed with nothing racing it.
+    struct Flipper {
+        stop: Arc<AtomicBool>,
+        handle: Option<thread::JoinHandle<u32>>,
+    }
+    impl Flipper {
+        fn finish(&mut self) -> u32 {
+            self.stop.store(true, Ordering::Relaxed);
+            self.handle.take().map_or(0, |h| h.join().unwrap_or(0))
+        }
+    }
+    impl Drop for Flipper {
+        fn drop(&mut self) {
+            self.finish();
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
-    let flipper = {
-        let (stop, data, real, hidden) = (stop.clone(), data.clone(), real.clone(), hidden);
-        thread::spawn(move || {
-            let mut flips = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                // data is the real dir: park it, plant the link; then undo.
-                let _ = fs::rename(&data, &real);
-                let _ = std::os::unix::fs::symlink(&hidden, &data);
-                thread::sleep(Duration::from_micros(300));
-                let _ = fs::remove_file(&data);
-                let _ = fs::rename(&real, &data);
-                thread::sleep(Duration::from_micros(300));
-                flips += 1;
-            }
-            flips
-        })
+    let mut flipper = Flipper {
+        stop: stop.clone(),
+        handle: Some({
+            let (data, real, hidden) = (data.clone(), real.clone(), hidden);
+            thread::spawn(move || {
+                let mut flips = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    // data is the real dir: park it, plant the link; then undo.
+                    let _ = fs::rename(&data, &real);
+                    let _ = std::os::unix::fs::symlink(&hidden, &data);
+                    thread::sleep(Duration::from_micros(300));
+                    let _ = fs::remove_file(&data);
+                    let _ = fs::rename(&real, &data);
+                    thread::sleep(Duration::from_micros(300));
+                    flips += 1;
+                }
+                flips
+            })
+        }),
     };
     let code = format!(
         "{}\n{}",
@@ -285,8 +305,7 @@ sys.exit(42)
             _ => panic!("unexpected outcome during the race: {out}"),
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let flips = flipper.join().unwrap();
+    let flips = flipper.finish();
     if let Some(out) = leaked {
         panic!("a run read the link's target through the swapped grant: {out}");
     }
