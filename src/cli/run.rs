@@ -60,8 +60,8 @@ pub struct Args {
     /// Verify and plan, print the plan, run nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// The command: absolute executable path as in the lease, then its arguments. Required:
-    /// an empty command is a usage error (exit 2), there is nothing to authorize.
+    /// The command: absolute executable path as in the lease, then its arguments.
+    // Required: an empty command is a usage error (exit 2); there is nothing to authorize.
     #[arg(
         required = true,
         trailing_var_arg = true,
