@@ -27,6 +27,14 @@ pub fn ci() -> Result<()> {
         ("cc", "gcc"),
     ])?;
 
+    if let Some(dir) = target_dir_for_nobody() {
+        println!(
+            "xtask: the checkout is not reachable by `nobody`; building in {}",
+            dir.display()
+        );
+        util::use_target_dir(dir);
+    }
+
     header("format");
     tiers.push((
         "fmt",
@@ -88,6 +96,20 @@ pub fn ci() -> Result<()> {
         return Err(fail(format!("{bad} tier(s) did not pass")));
     }
     Ok(())
+}
+
+/// The host tier runs the built binaries as `nobody`, so every directory above them must be
+/// searchable by others. A checkout under a private home directory is not: build elsewhere.
+fn target_dir_for_nobody() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::env::var_os("CARGO_TARGET_DIR").is_some() {
+        return None;
+    }
+    let root = util::repo_root();
+    let reachable = root
+        .ancestors()
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    (!reachable).then(|| std::path::PathBuf::from("/var/tmp/calyx-ci-target"))
 }
 
 fn outcome(r: Result<()>) -> Outcome {
