@@ -3,6 +3,7 @@
 pub mod calyx;
 mod calyx_issue;
 mod calyx_show;
+mod calyx_split;
 pub mod doctor;
 pub mod result;
 pub mod run;

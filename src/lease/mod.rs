@@ -26,6 +26,7 @@ pub mod envelope;
 pub mod keys;
 pub mod model;
 pub mod trust;
+mod trust_error;
 pub mod units;
 pub mod verify;
 

@@ -51,10 +51,21 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     }
 }
 
+/// A target directory every later `cargo` child uses instead of the checkout's `target/`.
+static TARGET_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes every later [`cargo`] build into `dir`.
+pub fn use_target_dir(dir: PathBuf) {
+    let _ = TARGET_DIR.set(dir);
+}
+
 /// `cargo` as the one running this task.
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(repo_root());
+    if let Some(dir) = TARGET_DIR.get() {
+        c.env("CARGO_TARGET_DIR", dir);
+    }
     c
 }
 
