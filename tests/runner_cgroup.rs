@@ -451,3 +451,67 @@ fn runner_sigkilled_mid_run_leaves_no_process_and_the_next_run_cleans_up() {
     assert!(leftover.is_empty(), "{leftover:?}");
     assert_removed(&r);
 }
+
+#[test]
+fn monitored_samples_follow_the_configured_interval() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(&f, "monitor", json!({"max_uses": 2}));
+    // 2.2 s at one sample per 500 ms: 4 samples, give or take the edges; never one per tick.
+    let out = f.run(
+        As::Caller,
+        &lease,
+        &["--monitor-interval-ms", "500"],
+        &["/bin/sh", "-c", "sleep 2.2"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let ev = events(&f, As::Caller);
+    let samples: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e["event"] == "resource_event.MONITORED")
+        .collect();
+    assert!(
+        (3..=5).contains(&samples.len()),
+        "{} samples",
+        samples.len()
+    );
+    assert!(
+        samples[0]["sample"]["memory_bytes"].as_u64().unwrap() > 0,
+        "{}",
+        samples[0]
+    );
+    // 0 turns them off.
+    let out = f.run(
+        As::Caller,
+        &lease,
+        &["--monitor-interval-ms", "0"],
+        &["/bin/sh", "-c", "sleep 1.2"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let after = events(&f, As::Caller)
+        .into_iter()
+        .skip(ev.len())
+        .filter(|e| e["event"] == "resource_event.MONITORED")
+        .count();
+    assert_eq!(after, 0);
+}
+
+#[test]
+fn timeout_ends_a_frozen_run_through_the_cgroup() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(
+        &f,
+        "frozen-timeout",
+        json!({"limits": {"pids": 100, "timeout_secs": 2},
+               "halt": [{"metric": "pids_percent", "above": 2.5, "for_ms": 0, "action": "freeze"}]}),
+    );
+    let t = Instant::now();
+    let (out, r) = run_sh(&f, As::Caller, &lease, "sleep 60 & sleep 60 & wait");
+    // SIGTERM cannot reach frozen processes; the grace ends with the cgroup killed and thawed.
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(r["outcome"], "timeout", "{r}");
+    assert_eq!(r["halt"]["applied"], "freeze", "{r}");
+    assert_removed(&r);
+}

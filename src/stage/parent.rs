@@ -172,6 +172,8 @@ pub fn run(
         Err(e) => return fail(report, format!("creating the channel: {e}")),
     };
     let cgroup = watched.as_ref().map(|w| Arc::clone(&w.cgroup));
+    // Stage 15's removal happens however this function returns from here on.
+    let cleanup = CgroupGuard(cgroup.clone());
     // Opened before the clone: the child must be born inside the cgroup (stage 4).
     let cgroup_fd = match cgroup.as_deref().map(RunCgroup::cgroup_fd_for_clone_into) {
         None => None,
@@ -191,6 +193,8 @@ pub fn run(
     let (pid, pidfd) = match cloned {
         Err(e) => return fail(report, format!("clone into new namespaces: {e}")),
         Ok(Cloned::Child) => {
+            // The cgroup is the parent's to remove, never init's.
+            std::mem::forget(cleanup);
             // Close the parent's end at once so init sees EOF if the parent dies.
             drop(parent_end);
             drop(sigfd);
@@ -239,7 +243,6 @@ pub fn run(
                 Err(e) => {
                     kill_init();
                     let _ = sproc::wait4(pid, false);
-                    finish_cgroup(cgroup.as_deref());
                     return fail(report, format!("starting the sentinel: {e}"));
                 }
             }
@@ -384,14 +387,13 @@ pub fn run(
             _ => channel_open = false,
         }
     }
-    // Stage 15: stop the sentinel (its last reading completes the usage), record what it saw
-    // last, then kill whatever is left and remove the cgroup.
+    // Stage 15: stop the sentinel (its last reading completes the usage) and record what it
+    // saw last; `cleanup` then kills whatever is left and removes the cgroup.
     let cg_usage = sentinel.map(watch::Sentinel::stop);
     while let Ok(ev) = rx.try_recv() {
         halted |= note_event(&mut report, &ev);
         hooks.sentinel_event(&ev);
     }
-    finish_cgroup(cgroup.as_deref());
     if let Ok(w) = waited {
         let u = cg_usage.unwrap_or_default();
         report.usage = Some(Usage {
@@ -521,6 +523,15 @@ fn note_event(report: &mut RunReport, ev: &SentinelEvent) -> bool {
         });
     }
     killed
+}
+
+/// Runs [`finish_cgroup`] when dropped.
+struct CgroupGuard(Option<Arc<RunCgroup>>);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        finish_cgroup(self.0.as_deref());
+    }
 }
 
 /// Kills what is left in the run's cgroup and removes it. A failure is reported on stderr;
