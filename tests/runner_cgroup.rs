@@ -515,3 +515,19 @@ fn timeout_ends_a_frozen_run_through_the_cgroup() {
     assert_eq!(r["halt"]["applied"], "freeze", "{r}");
     assert_removed(&r);
 }
+
+#[test]
+fn a_limit_the_cgroup_cannot_hold_refuses_the_run_as_root() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(&f, "tiny", json!({"limits": {"memory_bytes": 100}}));
+    let (out, r) = run_sh(&f, As::Caller, &lease, "echo should-not-run");
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).lines().any(|l| l == "should-not-run"));
+    let err = r["error"].as_str().unwrap();
+    assert!(
+        err.contains("could not be applied") && err.contains("less than one page"),
+        "{err}"
+    );
+    assert_removed(&r);
+}

@@ -14,13 +14,26 @@
 //! - otherwise (only the profile's default limits) → the run goes ahead and the enforcement map
 //!   says `cgroup: unavailable (…)`: an unprivileged user without delegation can still run a
 //!   default lease, and nothing is degraded silently.
+//!
+//! Whatever the need, a cgroup that was created but whose limit reads back differently from
+//! what was written (or an out-of-range limit) refuses the run: that is a quota that looks
+//! applied and is not.
+//!
+//! # A frozen run
+//!
+//! A `freeze` rule freezes the cgroup and the runner keeps waiting: the wall-clock timeout
+//! still applies (it kills through the cgroup, which also ends frozen processes). A person
+//! with write access to the run's cgroup thaws it: `echo 0 > …/calyx-<run id>/cgroup.freeze`
+//! (v2) or `echo THAWED > /sys/fs/cgroup/freezer/…/calyx-<run id>/freezer.state` (v1). A rule
+//! that froze the run fires again only after its metric went back under the threshold.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::cgroup::{
-    self, CgroupMode, CreateOptions, InternalProcessPolicy, Layout, LimitSpec, RunCgroup,
+    self, CgroupError, CgroupMode, CreateOptions, InternalProcessPolicy, Layout, LimitSpec,
+    RunCgroup,
 };
 use crate::isolate::rlimit::Resource;
 use crate::lease::model::{HaltRule, Layer, Lease, Limits};
@@ -208,6 +221,11 @@ pub fn setup(input: &SetupInput<'_>) -> Result<Resources, String> {
                 status,
             })
         }
+        // A limit the kernel took differently from what was written is a refusal whoever
+        // asked for it (SPEC §4.4): the cgroup exists, it just would not hold what it says.
+        Err(e @ (CgroupError::LimitNotApplied { .. } | CgroupError::InvalidLimit { .. })) => {
+            Err(format!("the run's cgroup limits could not be applied: {e}"))
+        }
         Err(e) => match need {
             Need::BestEffort => Ok(Resources {
                 cgroup: None,
@@ -238,7 +256,7 @@ pub fn setup(input: &SetupInput<'_>) -> Result<Resources, String> {
     }
 }
 
-fn create(input: &SetupInput<'_>, limits: &Limits) -> Result<RunCgroup, cgroup::CgroupError> {
+fn create(input: &SetupInput<'_>, limits: &Limits) -> Result<RunCgroup, CgroupError> {
     let layout = Layout::discover(Path::new("/"), input.cgroup_parent)?;
     // A runner SIGKILLed mid-run leaves an empty cgroup behind; the next run removes it.
     // Housekeeping only: a failure here must not stop this run, so it is reported and ignored.
