@@ -60,11 +60,20 @@ fn assert_removed(r: &Value) {
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
 }
 
+/// The VM tier (CALYX_VM_KERNEL set) boots a pure cgroup v2 host.
+fn in_vm() -> bool {
+    std::env::var_os("CALYX_VM_KERNEL").is_some()
+}
+
 fn assert_hybrid_host() {
-    if std::env::var_os("CALYX_VM_KERNEL").is_some() {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if in_vm() {
+        assert!(
+            !mi.contains(" - cgroup cgroup "),
+            "the VM tier expects a pure cgroup v2 host; mountinfo:\n{mi}"
+        );
         return;
     }
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         mi.contains(" - cgroup cgroup ") && mi.contains("memory"),
         "this host tier expects cgroup v1 controllers (hybrid); mountinfo:\n{mi}"
@@ -114,7 +123,12 @@ fn default_lease_as_root_gets_a_cgroup_and_reports_usage() {
     let (out, r) = run_sh(&f, As::Caller, &lease, "echo hi");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let cg = r["enforcement"]["cgroup"].as_str().unwrap();
-    assert!(cg.starts_with("v1 (memory,pids,cpu"), "{cg}");
+    let backend = if in_vm() {
+        "v2;"
+    } else {
+        "v1 (memory,pids,cpu"
+    };
+    assert!(cg.starts_with(backend), "{cg}");
     assert!(cg.contains("memory=1073741824"), "{cg}");
     assert!(r["usage"]["memory_peak_bytes"].as_u64().unwrap() > 0, "{r}");
     assert!(r["usage"]["pids_peak"].as_u64().unwrap() >= 1, "{r}");
@@ -130,7 +144,12 @@ fn default_lease_as_nobody_runs_and_says_why_there_is_no_cgroup() {
     let (out, r) = run_sh(&f, As::Nobody, &lease, "echo hi");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let cg = r["enforcement"]["cgroup"].as_str().unwrap();
-    assert!(cg.starts_with("unavailable (cgroup v1 parent"), "{cg}");
+    let why = if in_vm() {
+        "unavailable (cgroup v2 at"
+    } else {
+        "unavailable (cgroup v1 parent"
+    };
+    assert!(cg.starts_with(why), "{cg}");
     assert!(cg.contains("not in force"), "{cg}");
     // No cgroup: usage comes from wait4 only, never invented.
     assert!(r["usage"]["cpu_user_ms"].is_u64(), "{r}");
