@@ -240,28 +240,46 @@ impl SeccompPolicy {
                 arch,
             })
         };
-        let mut out: Vec<(u32, Verdict)> = Vec::with_capacity(self.allow.len());
-        for name in &self.allow {
-            if ALWAYS_DENIED.contains(&name.as_str()) {
-                nr(name)?;
-                continue;
-            }
-            let verdict = match name.as_str() {
-                "clone3" => Verdict::Errno(libc::ENOSYS as u16),
-                setid::OPENAT2 => Verdict::Errno(libc::ENOSYS as u16),
-                "clone" => Verdict::Check(ArgCheck::CloneFlags),
-                "ioctl" => Verdict::Check(ArgCheck::TerminalIoctl),
-                "socket" | "socketpair" => Verdict::Check(ArgCheck::SocketFamily),
-                setid::MEMFD_CREATE => Verdict::Check(ArgCheck::MemfdExec),
-                n => match setid::MODE_CALLS.iter().find(|(m, _)| *m == n) {
-                    Some((_, arg)) => Verdict::Check(ArgCheck::SetIdMode(*arg)),
-                    None => Verdict::Allow,
-                },
-            };
-            out.push((nr(name)?, verdict));
-        }
-        out.sort_by_key(|(n, _)| *n);
+        // Every allowed name first, then the few special names override their entries
+        // (looked up by number in the sorted list): no scan of the special lists per name.
+        let mut out: Vec<(u32, Verdict)> = self
+            .allow
+            .iter()
+            .map(|name| Ok((nr(name)?, Verdict::Allow)))
+            .collect::<Result<_, SeccompError>>()?;
+        out.sort_unstable_by_key(|(n, _)| *n);
         out.dedup_by_key(|(n, _)| *n);
+        let mut set = |name: &str, v: Option<Verdict>| {
+            let Some(number) = syscall_number(arch, name) else {
+                return;
+            };
+            if let Ok(i) = out.binary_search_by_key(&number, |(n, _)| *n) {
+                match v {
+                    Some(v) => out[i].1 = v,
+                    None => {
+                        out.remove(i);
+                    }
+                }
+            }
+        };
+        let enosys = Verdict::Errno(libc::ENOSYS as u16);
+        set("clone3", Some(enosys));
+        set(setid::OPENAT2, Some(enosys));
+        set("clone", Some(Verdict::Check(ArgCheck::CloneFlags)));
+        set("ioctl", Some(Verdict::Check(ArgCheck::TerminalIoctl)));
+        set("socket", Some(Verdict::Check(ArgCheck::SocketFamily)));
+        set("socketpair", Some(Verdict::Check(ArgCheck::SocketFamily)));
+        set(
+            setid::MEMFD_CREATE,
+            Some(Verdict::Check(ArgCheck::MemfdExec)),
+        );
+        for (name, arg) in setid::MODE_CALLS {
+            set(name, Some(Verdict::Check(ArgCheck::SetIdMode(*arg))));
+        }
+        // Last: an always-denied name is denied even if the allowlist names it.
+        for name in ALWAYS_DENIED {
+            set(name, None);
+        }
         Ok(out)
     }
 

@@ -1,5 +1,5 @@
-//! A small seccomp filter, stacked on the profile's, that stops the payload from creating
-//! set-user-id or set-group-id files.
+//! Seccomp rules, part of the one program of [`crate::isolate::seccomp`], that stop the
+//! payload from creating set-user-id or set-group-id files.
 //!
 //! Why: the payload runs with the caller's uid. Started by root, that uid is host root, so a
 //! `chmod 4755` on a file in a write grant would leave a setuid-root program on the host for
