@@ -6,7 +6,7 @@
 //! strict (`deny_unknown_fields`) and validated once, here, so the rest of calyx never sees a
 //! profile that lists an always-denied syscall, a relative path or an ABI floor below 1.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
@@ -200,8 +200,12 @@ impl SyscallSet {
     /// Parses the `.syscalls` format: whitespace-separated names, `#` comments, and lines
     /// starting with `x86_64:` or `aarch64:` for calls only that architecture has.
     pub fn parse(name: &str, text: &str) -> Result<SyscallSet, ProfileError> {
+        // Parsed at every run: hash sets borrowing the text keep it cheap (a linear scan of
+        // ALWAYS_DENIED and a BTreeSet of owned strings per name cost as much as a signature
+        // check).
+        let always_denied: HashSet<&str> = ALWAYS_DENIED.iter().copied().collect();
         let mut entries = Vec::new();
-        let mut seen = BTreeSet::new();
+        let mut seen: HashSet<(Option<SyscallArch>, &str)> = HashSet::with_capacity(512);
         for (idx, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -231,13 +235,13 @@ impl SyscallSet {
                         name: call.to_owned(),
                     });
                 }
-                if ALWAYS_DENIED.contains(&call) {
+                if always_denied.contains(call) {
                     return Err(ProfileError::AlwaysDenied {
                         set: name.to_owned(),
                         name: call.to_owned(),
                     });
                 }
-                if seen.insert((arch, call.to_owned())) {
+                if seen.insert((arch, call)) {
                     entries.push((arch, call.to_owned()));
                 }
             }
@@ -251,7 +255,7 @@ impl SyscallSet {
     /// The names to allow on `arch`: the common ones and those marked for `arch`, each once,
     /// in file order.
     pub fn names_for(&self, arch: SyscallArch) -> Vec<&str> {
-        let mut seen = BTreeSet::new();
+        let mut seen = HashSet::with_capacity(self.entries.len());
         self.entries
             .iter()
             .filter(|(a, _)| a.is_none_or(|a| a == arch))

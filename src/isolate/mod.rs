@@ -31,3 +31,5 @@ pub mod mounts;
 pub mod rlimit;
 pub mod seccomp;
 pub mod setid;
+mod syscalls_aarch64;
+mod syscalls_x86_64;

@@ -1,46 +1,55 @@
-//! Seccomp: the profile's syscall allowlist plus the calls calyx always denies.
+//! Seccomp: the profile's syscall allowlist plus the calls calyx always denies, as one
+//! classic-BPF program.
 //!
-//! # The filter stack
+//! # Verdicts
 //!
-//! Three classic-BPF programs are installed, in this order:
+//! For a call of the filter's architecture, by syscall number:
 //!
-//! 1. **denials** — always-denied calls ([`ALWAYS_DENIED`]) and argument checks → the deny
-//!    action; everything else → ALLOW: `clone` with any `CLONE_NEW*` flag, `ioctl` with
-//!    `TIOCSTI`/`TIOCLINUX`, `socket`/`socketpair` of a family the network mode does not allow.
-//!    Keeping these in their own filter means no profile can switch them off, even by listing
-//!    a name in its allowlist (which [`crate::profile`] also refuses).
-//! 2. **clone3** → ERRNO(ENOSYS); everything else → ALLOW. clone3 passes its flags in memory
-//!    a filter cannot read, so it is refused as "not implemented" and glibc falls back to
-//!    `clone`, whose flags filter 1 inspects.
-//! 3. **allowlist** — the profile's names (plus `clone3`) → ALLOW; anything else → the
-//!    profile's deny action (ERRNO(EPERM) or KILL_PROCESS). Calls of another ABI (i386 via
-//!    `int 0x80`, x32 numbers) never match a listed number; a foreign `AUDIT_ARCH` kills.
-//!    It goes last because it may deny `seccomp(2)` itself (strict does), after which no
-//!    further filter could be installed.
+//! - **always denied** ([`ALWAYS_DENIED`]) → the deny action, whatever the profile lists
+//!   ([`crate::profile`] also refuses a profile that lists one);
+//! - **not in the allowlist** → the profile's deny action (ERRNO(EPERM) or KILL_PROCESS);
+//! - **clone3** → ERRNO(ENOSYS): its flags live in memory a filter cannot read, so glibc is
+//!   told it does not exist and falls back to `clone`, whose flags are checked;
+//! - `clone` with any `CLONE_NEW*` flag, `ioctl` with `TIOCSTI`/`TIOCLINUX`,
+//!   `socket`/`socketpair` of a family the network mode does not allow → the deny action;
+//! - the set-id rules of [`crate::isolate::setid`]: a set-id bit in a mode argument, or
+//!   `memfd_create` without `MFD_NOEXEC_SEAL` → ERRNO(EPERM); `openat2` → ERRNO(ENOSYS)
+//!   (EPERM even under a `kill` profile: these are ordinary calls with a bad argument);
+//! - anything else in the allowlist → ALLOW.
 //!
-//! The kernel runs every filter and keeps the most severe action (KILL, then TRAP, then ERRNO,
-//! …, ALLOW last); between actions of equal severity, the one of the most recently installed
-//! filter wins. As the allowlist is the newest filter, its EPERM would win a tie with the
-//! clone3 filter's ENOSYS, and in a `kill` profile its KILL would beat ENOSYS outright; so the
-//! allowlist always ALLOWS clone3 and leaves the answer to filter 2 (ERRNO beats ALLOW). The
-//! tests pin both kernel rules and this consequence.
+//! A call of another architecture (i386 through `int 0x80`, a foreign `AUDIT_ARCH`) kills the
+//! process; x32 numbers (bit 30 set) are in no allowlist, so they get the deny action.
 //!
-//! Names are resolved to numbers by seccompiler's JSON frontend, per target architecture, from
-//! a JSON document built in memory: one path for the native filter and for the cross-arch
-//! compile test, and an unknown name is a compile error rather than a silently missing rule.
+//! These are exactly the verdicts the earlier stack of five filters gave (always-denied and
+//! argument checks; clone3; allowlist; set-id modes; openat2) under the kernel's rule for
+//! stacked filters (most severe action wins, the newest filter among equals). One program
+//! says them directly: the kernel converts, JIT-compiles and caches one small program instead
+//! of five, two of them long linear chains, and every call runs one filter instead of five.
+//! The tests compare the program, number by number, with that five-filter stack compiled by
+//! seccompiler, for both architectures, every profile, network mode and deny action.
+//!
+//! # Shape of the program
+//!
+//! The architecture check, then a binary search over ranges of syscall numbers that share a
+//! verdict (about 7 comparisons for any call), ending in a return or in one of a few argument
+//! checks. Conditional jumps only skip the next instruction; longer jumps are `JA`, whose
+//! offset is 32 bits, so no size limit of the 8-bit conditional offsets can bite. The kernel's
+//! per-syscall action cache sees the calls that are allowed without looking at arguments.
+//!
+//! Names are resolved with calyx's tables for x86_64 and aarch64 (`syscalls_*.rs`), so an
+//! unknown name, or one of another architecture only, is an error rather than a silently
+//! missing rule.
 //!
 //! # Argument positions
 //!
 //! `clone`'s flags are argument 0 on x86_64 and aarch64 alike (the two differ only in the order
 //! of `tls` and `child_tid`, args 3 and 4, which are not inspected). The kernel truncates legacy
-//! clone flags, `ioctl` commands and socket domains to 32 bits, so those rules compare 32-bit
-//! words: setting high bits cannot slip past them.
+//! clone flags, `ioctl` commands, socket domains and modes to 32 bits, so the rules compare the
+//! low 32-bit word: setting high bits cannot slip past them.
 
-use std::fmt;
+use seccompiler::{BpfProgram, sock_filter};
 
-use seccompiler::{BpfProgram, TargetArch};
-use serde_json::{Value, json};
-
+use crate::isolate::setid;
 use crate::lease::model::Network;
 use crate::profile::{DenyAction, Profile, SyscallArch};
 
@@ -116,73 +125,48 @@ pub enum SeccompError {
     /// calyx has no syscall tables for this machine.
     #[error("seccomp: unsupported architecture {0} (calyx supports x86_64 and aarch64)")]
     UnsupportedArch(&'static str),
-    /// seccompiler refused the filters (e.g. a syscall name unknown on that architecture).
-    #[error("seccomp: compiling the filters for {arch}: {source}")]
-    Compile {
-        /// Target architecture.
-        arch: SyscallArch,
-        /// seccompiler's error.
-        #[source]
-        source: seccompiler::Error,
-    },
-    /// The compiled map lacks the filter it was asked for (a seccompiler contract breach).
-    #[error("seccomp: the {role} filter for {arch} is missing from the compiler output")]
-    MissingFilter {
-        /// Which filter.
-        role: FilterRole,
+    /// A name of the allowlist is not a system call of the target architecture.
+    #[error("seccomp: syscall {name:?} does not exist on {arch}")]
+    UnknownSyscall {
+        /// The name.
+        name: String,
         /// Target architecture.
         arch: SyscallArch,
     },
-    /// The programs were compiled for another architecture than the one running.
-    #[error("seccomp: programs are for {built}, this machine is {running}")]
+    /// The program was built for another architecture than the one running.
+    #[error("seccomp: program is for {built}, this machine is {running}")]
     WrongArch {
-        /// Architecture compiled for.
+        /// Architecture built for.
         built: SyscallArch,
         /// Architecture running.
         running: &'static str,
     },
-    /// Installing a filter failed.
-    #[error("seccomp: installing the {role} filter: {source}")]
-    Install {
-        /// Which filter.
-        role: FilterRole,
-        /// seccompiler's error (carries the errno of prctl/seccomp).
-        #[source]
-        source: seccompiler::Error,
-    },
+    /// Installing the filter failed.
+    #[error("seccomp: installing the filter: {0}")]
+    Install(#[source] seccompiler::Error),
 }
 
-/// The three filters of the stack, in install order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FilterRole {
-    /// Always-denied calls and argument checks (installed first).
-    Denials,
-    /// clone3 → ENOSYS (second).
-    Clone3,
-    /// The profile's allowlist (last: it may deny seccomp(2) itself).
-    Allowlist,
+/// The syscall number of `name` on `arch`, from calyx's tables.
+pub fn syscall_number(arch: SyscallArch, name: &str) -> Option<u32> {
+    let table = match arch {
+        SyscallArch::X86_64 => super::syscalls_x86_64::TABLE,
+        SyscallArch::Aarch64 => super::syscalls_aarch64::TABLE,
+    };
+    table
+        .binary_search_by(|(n, _)| (*n).cmp(name))
+        .ok()
+        .map(|i| table[i].1)
 }
 
-impl FilterRole {
-    /// The order the filters are installed in (see the module docs for why).
-    pub const INSTALL_ORDER: [FilterRole; 3] = [
-        FilterRole::Denials,
-        FilterRole::Clone3,
-        FilterRole::Allowlist,
-    ];
-}
-
-impl fmt::Display for FilterRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FilterRole::Allowlist => "allowlist",
-            FilterRole::Denials => "denials",
-            FilterRole::Clone3 => "clone3",
-        })
+/// `AUDIT_ARCH_*` of the architecture (seccomp_data.arch).
+fn audit_arch(arch: SyscallArch) -> u32 {
+    match arch {
+        SyscallArch::X86_64 => 0xc000_003e,
+        SyscallArch::Aarch64 => 0xc000_00b7,
     }
 }
 
-/// Everything the filters are built from: pure data, decided from profile and network mode.
+/// Everything the filter is built from: pure data, decided from profile and network mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeccompPolicy {
     /// Target architecture.
@@ -195,6 +179,35 @@ pub struct SeccompPolicy {
     pub network: Network,
 }
 
+/// What the program does with one syscall number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed whatever the arguments.
+    Allow,
+    /// The profile's deny action.
+    Deny,
+    /// ERRNO with this value, whatever the arguments and the deny action.
+    Errno(u16),
+    /// Decided by an argument check.
+    Check(ArgCheck),
+}
+
+/// The argument checks of the program; each ends in ALLOW or a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgCheck {
+    /// `clone`: any `CLONE_NEW*` flag in argument 0 → deny action.
+    CloneFlags,
+    /// `ioctl`: a [`DENIED_IOCTLS`] command in argument 1 → deny action.
+    TerminalIoctl,
+    /// `socket`/`socketpair`: a family in argument 0 the network mode does not allow → deny
+    /// action.
+    SocketFamily,
+    /// A set-id bit in the mode argument (its index) → EPERM.
+    SetIdMode(u8),
+    /// `memfd_create` without `MFD_NOEXEC_SEAL` in argument 1 → EPERM.
+    MemfdExec,
+}
+
 impl SeccompPolicy {
     /// Decides the policy for `profile` under `network` on `arch`.
     pub fn decide(profile: &Profile, network: Network, arch: SyscallArch) -> SeccompPolicy {
@@ -204,7 +217,8 @@ impl SeccompPolicy {
             .into_iter()
             .map(str::to_owned)
             .collect();
-        // The clone3 filter answers clone3; the allowlist must let it through (module docs).
+        // clone3 is always answered, with ENOSYS: a denial (EPERM, or a kill) would stop glibc
+        // from falling back to clone.
         if !allow.iter().any(|n| n == "clone3") {
             allow.push("clone3".to_owned());
         }
@@ -216,91 +230,74 @@ impl SeccompPolicy {
         }
     }
 
-    fn deny_action(&self) -> Value {
-        match self.on_deny {
-            DenyAction::Errno => json!({ "errno": libc::EPERM }),
-            DenyAction::Kill => json!("kill_process"),
-        }
-    }
-
-    /// One filter in seccompiler's JSON format (the value under the filter's name).
-    pub fn filter_json(&self, role: FilterRole) -> Value {
-        let (mismatch, matched, rules) = match role {
-            FilterRole::Allowlist => {
-                let rules: Vec<Value> =
-                    self.allow.iter().map(|n| json!({ "syscall": n })).collect();
-                (self.deny_action(), json!("allow"), rules)
-            }
-            FilterRole::Denials => (json!("allow"), self.deny_action(), self.denial_rules()),
-            FilterRole::Clone3 => (
-                json!("allow"),
-                json!({ "errno": libc::ENOSYS }),
-                vec![json!({ "syscall": "clone3" })],
-            ),
-        };
-        json!({
-            "mismatch_action": mismatch,
-            "match_action": matched,
-            "filter": rules,
-        })
-    }
-
-    /// Rules of the denials filter: each rule that matches is a denied call.
-    fn denial_rules(&self) -> Vec<Value> {
-        let mut rules: Vec<Value> = ALWAYS_DENIED
-            .iter()
-            .map(|n| json!({ "syscall": n }))
-            .collect();
-        // clone with any namespace flag: one rule per flag, rules are OR-ed.
-        for (name, flag) in CLONE_NAMESPACE_FLAGS {
-            rules.push(json!({ "syscall": "clone", "args": [
-                { "index": 0, "type": "dword", "op": { "masked_eq": flag }, "val": flag,
-                  "comment": name }
-            ]}));
-        }
-        for (name, cmd) in DENIED_IOCTLS {
-            rules.push(json!({ "syscall": "ioctl", "args": [
-                { "index": 1, "type": "dword", "op": "eq", "val": cmd, "comment": name }
-            ]}));
-        }
-        // A family is denied when it differs from every allowed one (conditions are AND-ed).
-        let not_allowed: Vec<Value> = allowed_socket_families(self.network)
-            .iter()
-            .map(|(name, af)| {
-                json!({ "index": 0, "type": "dword", "op": "ne", "val": af, "comment": name })
-            })
-            .collect();
-        for call in ["socket", "socketpair"] {
-            rules.push(json!({ "syscall": call, "args": not_allowed }));
-        }
-        rules
-    }
-
-    /// Compiles the three filters, in install order.
-    pub fn compile(&self) -> Result<SeccompPrograms, SeccompError> {
+    /// The verdict for every number that is not [`Verdict::Deny`], sorted by number. Fails on
+    /// a name the architecture does not have.
+    pub fn verdicts(&self) -> Result<Vec<(u32, Verdict)>, SeccompError> {
         let arch = self.arch;
-        let target = match arch {
-            SyscallArch::X86_64 => TargetArch::x86_64,
-            SyscallArch::Aarch64 => TargetArch::aarch64,
+        let nr = |name: &str| {
+            syscall_number(arch, name).ok_or_else(|| SeccompError::UnknownSyscall {
+                name: name.to_owned(),
+                arch,
+            })
         };
-        // One document holding the three filters: seccompiler builds its name table once.
-        let mut doc = serde_json::Map::new();
-        for role in FilterRole::INSTALL_ORDER {
-            doc.insert(role.to_string(), self.filter_json(role));
+        // Every allowed name first, then the few special names override their entries
+        // (looked up by number in the sorted list): no scan of the special lists per name.
+        let mut out: Vec<(u32, Verdict)> = self
+            .allow
+            .iter()
+            .map(|name| Ok((nr(name)?, Verdict::Allow)))
+            .collect::<Result<_, SeccompError>>()?;
+        out.sort_unstable_by_key(|(n, _)| *n);
+        out.dedup_by_key(|(n, _)| *n);
+        let mut set = |name: &str, v: Option<Verdict>| {
+            let Some(number) = syscall_number(arch, name) else {
+                return;
+            };
+            if let Ok(i) = out.binary_search_by_key(&number, |(n, _)| *n) {
+                match v {
+                    Some(v) => out[i].1 = v,
+                    None => {
+                        out.remove(i);
+                    }
+                }
+            }
+        };
+        let enosys = Verdict::Errno(libc::ENOSYS as u16);
+        set("clone3", Some(enosys));
+        set(setid::OPENAT2, Some(enosys));
+        set("clone", Some(Verdict::Check(ArgCheck::CloneFlags)));
+        set("ioctl", Some(Verdict::Check(ArgCheck::TerminalIoctl)));
+        set("socket", Some(Verdict::Check(ArgCheck::SocketFamily)));
+        set("socketpair", Some(Verdict::Check(ArgCheck::SocketFamily)));
+        set(
+            setid::MEMFD_CREATE,
+            Some(Verdict::Check(ArgCheck::MemfdExec)),
+        );
+        for (name, arg) in setid::MODE_CALLS {
+            set(name, Some(Verdict::Check(ArgCheck::SetIdMode(*arg))));
         }
-        let text = Value::Object(doc).to_string();
-        let mut map = seccompiler::compile_from_json(text.as_bytes(), target)
-            .map_err(|source| SeccompError::Compile { arch, source })?;
-        let mut filters = Vec::with_capacity(FilterRole::INSTALL_ORDER.len());
-        for role in FilterRole::INSTALL_ORDER {
-            let prog = map
-                .remove(&role.to_string())
-                .ok_or(SeccompError::MissingFilter { role, arch })?;
-            filters.push((role, prog));
+        // Last: an always-denied name is denied even if the allowlist names it.
+        for name in ALWAYS_DENIED {
+            set(name, None);
         }
-        Ok(SeccompPrograms {
-            arch,
-            filters,
+        Ok(out)
+    }
+
+    /// Builds the program.
+    pub fn compile(&self) -> Result<SeccompProgram, SeccompError> {
+        let verdicts = self.verdicts()?;
+        let deny = match self.on_deny {
+            DenyAction::Errno => RET_ERRNO | libc::EPERM as u32,
+            DenyAction::Kill => RET_KILL_PROCESS,
+        };
+        let families: Vec<u32> = allowed_socket_families(self.network)
+            .iter()
+            .map(|(_, af)| *af as u32)
+            .collect();
+        let filter = Emitter::new(deny, &families).program(audit_arch(self.arch), &verdicts);
+        Ok(SeccompProgram {
+            arch: self.arch,
+            filter,
             allowed: self.allow.len(),
             on_deny: self.on_deny,
             network: self.network,
@@ -308,38 +305,231 @@ impl SeccompPolicy {
     }
 }
 
-/// Compiled filters, ready to install; built in the parent before clone so that installing
-/// them in the sandbox allocates nothing.
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
+
+// Classic BPF opcodes (linux/filter.h).
+const LD_W_ABS: u16 = 0x20;
+const JMP_JA: u16 = 0x05;
+const JMP_JEQ_K: u16 = 0x15;
+const JMP_JGE_K: u16 = 0x35;
+const JMP_JSET_K: u16 = 0x45;
+const RET_K: u16 = 0x06;
+
+/// Offsets in `struct seccomp_data`: nr, arch, then the 64-bit args (low word first on these
+/// little-endian machines).
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+fn arg_low(index: u8) -> u32 {
+    16 + 8 * u32::from(index)
+}
+
+/// A jump target: a position in the code, known once its block is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// An argument-check block.
+    Check(ArgCheck),
+    /// A subtree of the binary search, by its first instruction's label.
+    Label(usize),
+}
+
+/// Builds the program: instructions with symbolic `JA` targets, resolved at the end.
+struct Emitter<'a> {
+    deny: u32,
+    families: &'a [u32],
+    code: Vec<sock_filter>,
+    /// (index of a JA instruction, its target).
+    fixups: Vec<(usize, Target)>,
+    /// Where each label and check block starts.
+    placed: Vec<(Target, usize)>,
+    next_label: usize,
+}
+
+fn stmt(code: u16, k: u32) -> sock_filter {
+    sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+impl<'a> Emitter<'a> {
+    fn new(deny: u32, families: &'a [u32]) -> Self {
+        Emitter {
+            deny,
+            families,
+            code: Vec::with_capacity(256),
+            fixups: Vec::new(),
+            placed: Vec::new(),
+            next_label: 0,
+        }
+    }
+
+    fn program(mut self, arch: u32, verdicts: &[(u32, Verdict)]) -> BpfProgram {
+        // The architecture first: numbers mean nothing under another ABI.
+        self.code.push(stmt(LD_W_ABS, OFF_ARCH));
+        self.code.push(jump(JMP_JEQ_K, arch, 1, 0));
+        self.code.push(stmt(RET_K, RET_KILL_PROCESS));
+        self.code.push(stmt(LD_W_ABS, OFF_NR));
+        let ranges = ranges(verdicts);
+        self.search(&ranges);
+        let mut checks: Vec<ArgCheck> = Vec::new();
+        for (_, v) in &ranges {
+            if let Verdict::Check(c) = v {
+                if !checks.contains(c) {
+                    checks.push(*c);
+                }
+            }
+        }
+        for c in checks {
+            self.placed.push((Target::Check(c), self.code.len()));
+            self.check(c);
+        }
+        for (at, target) in std::mem::take(&mut self.fixups) {
+            let to = self
+                .placed
+                .iter()
+                .find(|(t, _)| *t == target)
+                .map_or(at + 1, |(_, pos)| *pos);
+            // Targets are always placed after their jumps (subtrees and checks follow).
+            self.code[at].k = (to - at - 1) as u32;
+        }
+        self.code
+    }
+
+    /// Binary search over `ranges` (start of each range, its verdict); the accumulator holds
+    /// the syscall number.
+    fn search(&mut self, ranges: &[(u32, Verdict)]) {
+        if let [(_, v)] = ranges {
+            self.leaf(*v);
+            return;
+        }
+        let mid = ranges.len() / 2;
+        let right = Target::Label(self.next_label);
+        self.next_label += 1;
+        // nr >= pivot: take the JA to the right half; else skip it into the left half.
+        self.code.push(jump(JMP_JGE_K, ranges[mid].0, 0, 1));
+        self.ja(right);
+        self.search(&ranges[..mid]);
+        self.placed.push((right, self.code.len()));
+        self.search(&ranges[mid..]);
+    }
+
+    fn leaf(&mut self, v: Verdict) {
+        match v {
+            Verdict::Allow => self.code.push(stmt(RET_K, RET_ALLOW)),
+            Verdict::Deny => self.code.push(stmt(RET_K, self.deny)),
+            Verdict::Errno(e) => self.code.push(stmt(RET_K, RET_ERRNO | u32::from(e))),
+            Verdict::Check(c) => self.ja(Target::Check(c)),
+        }
+    }
+
+    fn ja(&mut self, target: Target) {
+        self.fixups.push((self.code.len(), target));
+        self.code.push(stmt(JMP_JA, 0));
+    }
+
+    fn check(&mut self, c: ArgCheck) {
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        match c {
+            ArgCheck::CloneFlags => {
+                let mask = CLONE_NAMESPACE_FLAGS.iter().fold(0, |m, (_, f)| m | *f) as u32;
+                self.code.push(stmt(LD_W_ABS, arg_low(0)));
+                self.code.push(jump(JMP_JSET_K, mask, 0, 1));
+                self.code.push(stmt(RET_K, self.deny));
+                self.code.push(stmt(RET_K, RET_ALLOW));
+            }
+            ArgCheck::TerminalIoctl => {
+                self.code.push(stmt(LD_W_ABS, arg_low(1)));
+                for (_, cmd) in DENIED_IOCTLS {
+                    self.code.push(jump(JMP_JEQ_K, *cmd as u32, 0, 1));
+                    self.code.push(stmt(RET_K, self.deny));
+                }
+                self.code.push(stmt(RET_K, RET_ALLOW));
+            }
+            ArgCheck::SocketFamily => {
+                self.code.push(stmt(LD_W_ABS, arg_low(0)));
+                for af in self.families {
+                    self.code.push(jump(JMP_JEQ_K, *af, 0, 1));
+                    self.code.push(stmt(RET_K, RET_ALLOW));
+                }
+                self.code.push(stmt(RET_K, self.deny));
+            }
+            ArgCheck::SetIdMode(arg) => {
+                self.code.push(stmt(LD_W_ABS, arg_low(arg)));
+                self.code.push(jump(JMP_JSET_K, setid::SET_ID_BITS, 0, 1));
+                self.code.push(stmt(RET_K, eperm));
+                self.code.push(stmt(RET_K, RET_ALLOW));
+            }
+            ArgCheck::MemfdExec => {
+                self.code.push(stmt(LD_W_ABS, arg_low(1)));
+                self.code
+                    .push(jump(JMP_JSET_K, setid::MFD_NOEXEC_SEAL, 0, 1));
+                self.code.push(stmt(RET_K, RET_ALLOW));
+                self.code.push(stmt(RET_K, eperm));
+            }
+        }
+    }
+}
+
+/// Turns per-number verdicts (sorted, everything absent denied) into ranges covering every
+/// 32-bit number: (first number of the range, verdict), neighbours with equal verdicts merged.
+fn ranges(verdicts: &[(u32, Verdict)]) -> Vec<(u32, Verdict)> {
+    let mut out: Vec<(u32, Verdict)> = vec![(0, Verdict::Deny)];
+    let mut push = |start: u32, v: Verdict| match out.last_mut() {
+        Some((s, last)) if *s == start => *last = v,
+        Some((_, last)) if *last == v => {}
+        _ => out.push((start, v)),
+    };
+    for (nr, v) in verdicts {
+        push(*nr, *v);
+        if let Some(next) = nr.checked_add(1) {
+            push(next, Verdict::Deny);
+        }
+    }
+    // Merging in `push` only looks back one range; a range reset to the verdict of the one
+    // before it is merged here.
+    out.dedup_by(|b, a| a.1 == b.1);
+    out
+}
+
+/// The compiled program, ready to install; built in the parent before clone so that
+/// installing it in the sandbox allocates nothing.
 #[derive(Debug, Clone)]
-pub struct SeccompPrograms {
+pub struct SeccompProgram {
     arch: SyscallArch,
-    filters: Vec<(FilterRole, BpfProgram)>,
+    filter: BpfProgram,
     allowed: usize,
     on_deny: DenyAction,
     network: Network,
 }
 
-impl SeccompPrograms {
-    /// The architecture the programs were compiled for.
+impl SeccompProgram {
+    /// The architecture the program was built for.
     pub fn arch(&self) -> SyscallArch {
         self.arch
     }
 
-    /// The programs in install order.
-    pub fn filters(&self) -> impl Iterator<Item = (FilterRole, &BpfProgram)> {
-        self.filters.iter().map(|(r, p)| (*r, p))
+    /// The classic-BPF instructions.
+    pub fn instructions(&self) -> &[sock_filter] {
+        &self.filter
     }
 
-    /// One line for the run report, e.g.
-    /// `seccomp: 3 filters, 190 syscalls allowed, deny=errno, sockets=AF_UNIX`.
+    /// One line for the run report, e.g. `seccomp: 270 syscalls allowed, deny=errno,
+    /// sockets=AF_UNIX, set-id modes refused`.
     pub fn status_line(&self) -> String {
         let families: Vec<&str> = allowed_socket_families(self.network)
             .iter()
             .map(|(n, _)| *n)
             .collect();
         format!(
-            "seccomp: {} filters, {} syscalls allowed, deny={}, sockets={}",
-            self.filters.len(),
+            "seccomp: {} syscalls allowed, deny={}, sockets={}, set-id modes refused",
             self.allowed,
             match self.on_deny {
                 DenyAction::Errno => "errno",
@@ -350,32 +540,26 @@ impl SeccompPrograms {
     }
 }
 
-/// Builds the filter stack of `profile` under `network` for the running architecture.
-/// Call it in the parent, before clone: it allocates and parses JSON.
-pub fn build_program(profile: &Profile, network: Network) -> Result<SeccompPrograms, SeccompError> {
+/// Builds the program of `profile` under `network` for the running architecture.
+/// Call it in the parent, before clone: it allocates.
+pub fn build_program(profile: &Profile, network: Network) -> Result<SeccompProgram, SeccompError> {
     let arch =
         SyscallArch::native().ok_or(SeccompError::UnsupportedArch(std::env::consts::ARCH))?;
     SeccompPolicy::decide(profile, network, arch).compile()
 }
 
-/// Installs the filters on the calling thread, in order; children and exec'd programs inherit
-/// them. Sets no_new_privs first (seccompiler does, idempotently), as the kernel requires
-/// without CAP_SYS_ADMIN. Call it last, right before exec (or the fork that precedes it): every
-/// later syscall of the caller is filtered too. Allocates nothing.
-pub fn apply_seccomp_on_current_thread(programs: &SeccompPrograms) -> Result<(), SeccompError> {
-    if SyscallArch::native() != Some(programs.arch) {
+/// Installs the program on the calling thread; children and exec'd programs inherit it. Sets
+/// no_new_privs first (seccompiler does, idempotently), as the kernel requires without
+/// CAP_SYS_ADMIN. Call it last, right before exec (or the fork that precedes it): every later
+/// syscall of the caller is filtered too. Allocates nothing.
+pub fn apply_seccomp_on_current_thread(program: &SeccompProgram) -> Result<(), SeccompError> {
+    if SyscallArch::native() != Some(program.arch) {
         return Err(SeccompError::WrongArch {
-            built: programs.arch,
+            built: program.arch,
             running: std::env::consts::ARCH,
         });
     }
-    for (role, prog) in &programs.filters {
-        seccompiler::apply_filter(prog).map_err(|source| SeccompError::Install {
-            role: *role,
-            source,
-        })?;
-    }
-    Ok(())
+    seccompiler::apply_filter(&program.filter).map_err(SeccompError::Install)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! A small seccomp filter, stacked on the profile's, that stops the payload from creating
-//! set-user-id or set-group-id files.
+//! Seccomp rules, part of the one program of [`crate::isolate::seccomp`], that stop the
+//! payload from creating set-user-id or set-group-id files.
 //!
 //! Why: the payload runs with the caller's uid. Started by root, that uid is host root, so a
 //! `chmod 4755` on a file in a write grant would leave a setuid-root program on the host for
@@ -13,116 +13,50 @@
 //! govern memfds (they live on an internal mount), so an executable memfd would let the payload
 //! run a binary it brought along, which the noexec write grants and Landlock's execute rights
 //! are there to prevent. A memfd sealed non-executable is still allowed.
-
-use std::collections::BTreeMap;
-
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
-
-/// Building the filter failed (a bug in the rule table, reported rather than panicking).
-#[derive(Debug, thiserror::Error)]
-#[error("building the set-id seccomp filter: {0}")]
-pub struct SetidError(#[from] seccompiler::BackendError);
-
-const SET_ID_BITS: [u64; 2] = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+//!
+//! These rules are compiled into the one seccomp program of [`crate::isolate::seccomp`]
+//! (with the verdicts a separate stacked filter gave: EPERM, ENOSYS for openat2, even under a
+//! `kill` profile; a call the profile does not allow at all gets the profile's deny action).
 
 /// `MFD_NOEXEC_SEAL` (Linux 6.3): the memfd can never be made executable.
-const MFD_NOEXEC_SEAL: u64 = 0x0008;
+pub const MFD_NOEXEC_SEAL: u32 = 0x0008;
 
-/// fchmodat2 has the same number on every architecture (asm-generic numbering, Linux 6.6).
-const SYS_FCHMODAT2: i64 = 452;
+/// The set-id mode bits refused in a mode argument.
+pub const SET_ID_BITS: u32 = 0o4000 | 0o2000; // S_ISUID | S_ISGID
 
-/// (syscall number, index of its mode argument).
-fn mode_calls() -> Vec<(i64, u8)> {
-    let mut calls = vec![
-        (libc::SYS_fchmod, 1),
-        (libc::SYS_fchmodat, 2),
-        (SYS_FCHMODAT2, 2),
-        (libc::SYS_openat, 3),
-        (libc::SYS_mknodat, 2),
-    ];
-    #[cfg(target_arch = "x86_64")]
-    calls.extend([
-        (libc::SYS_chmod, 1),
-        (libc::SYS_open, 2),
-        (libc::SYS_creat, 1),
-        (libc::SYS_mknod, 1),
-    ]);
-    calls
-}
+/// (syscall name, index of its mode argument). Names an architecture lacks (the legacy
+/// `chmod`, `open`, `creat`, `mknod` on aarch64) are skipped there: the call does not exist.
+pub const MODE_CALLS: &[(&str, u8)] = &[
+    ("fchmod", 1),
+    ("fchmodat", 2),
+    ("fchmodat2", 2),
+    ("openat", 3),
+    ("mknodat", 2),
+    ("chmod", 1),
+    ("open", 2),
+    ("creat", 1),
+    ("mknod", 1),
+];
 
-fn arch() -> TargetArch {
-    #[cfg(target_arch = "aarch64")]
-    return TargetArch::aarch64;
-    #[cfg(not(target_arch = "aarch64"))]
-    TargetArch::x86_64
-}
+/// The call whose mode lives in memory a filter cannot read: answered ENOSYS when allowed.
+pub const OPENAT2: &str = "openat2";
 
-/// The two filters: set-id modes → EPERM; openat2 → ENOSYS. Built in the parent.
-pub fn build_setid_filters() -> Result<[BpfProgram; 2], SetidError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (nr, arg) in mode_calls() {
-        // One rule per bit: rules of a syscall are OR-ed, conditions within a rule AND-ed.
-        let per_bit = SET_ID_BITS
-            .iter()
-            .map(|bit| {
-                SeccompRule::new(vec![SeccompCondition::new(
-                    arg,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::MaskedEq(*bit),
-                    *bit,
-                )?])
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        rules.insert(nr, per_bit);
-    }
-    // memfd_create(name, flags): refuse unless flags carry MFD_NOEXEC_SEAL.
-    rules.insert(
-        libc::SYS_memfd_create,
-        vec![SeccompRule::new(vec![SeccompCondition::new(
-            1,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::MaskedEq(MFD_NOEXEC_SEAL),
-            0,
-        )?])?],
-    );
-    let modes = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch(),
-    )?;
-    let openat2 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_openat2, Vec::new())]),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch(),
-    )?;
-    Ok([modes.try_into()?, openat2.try_into()?])
-}
-
-/// Installs both on the calling thread (the payload child, right before exec).
-pub fn apply_setid_filters_on_current_thread(
-    filters: &[BpfProgram; 2],
-) -> Result<(), seccompiler::Error> {
-    for f in filters {
-        seccompiler::apply_filter(f)?;
-    }
-    Ok(())
-}
+/// The memfd call refused without [`MFD_NOEXEC_SEAL`] (its flags are argument 1).
+pub const MEMFD_CREATE: &str = "memfd_create";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::isolate::seccomp::{SeccompProgram, apply_seccomp_on_current_thread, build_program};
+    use crate::lease::model::Network;
+    use crate::profile::Profile;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
-    #[test]
-    fn filters_build() {
-        let [a, b] = build_setid_filters().unwrap();
-        assert!(!a.is_empty() && !b.is_empty());
+    /// The program the payload gets under the default profile (which allows every call these
+    /// tests make, so the answers come from the set-id rules).
+    fn default_program() -> SeccompProgram {
+        build_program(&Profile::builtin("default").unwrap(), Network::None).unwrap()
     }
 
     /// Applied on a spawned thread (never on the test runner): set-id chmod fails with EPERM,
@@ -133,9 +67,9 @@ mod tests {
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
         let path = file.clone();
+        let program = default_program();
         let res = std::thread::spawn(move || {
-            let filters = build_setid_filters().unwrap();
-            apply_setid_filters_on_current_thread(&filters).unwrap();
+            apply_seccomp_on_current_thread(&program).unwrap();
             let plain = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
             let suid = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o4755));
             let sgid = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o2755));
@@ -172,11 +106,11 @@ mod tests {
     /// memfd_create: refused without MFD_NOEXEC_SEAL, allowed with it (on a spawned thread).
     #[test]
     fn executable_memfds_are_refused_on_a_thread() {
-        let res = std::thread::spawn(|| {
-            let filters = build_setid_filters().unwrap();
-            apply_setid_filters_on_current_thread(&filters).unwrap();
+        let program = default_program();
+        let res = std::thread::spawn(move || {
+            apply_seccomp_on_current_thread(&program).unwrap();
             let plain = crate::sys::fs::memfd_create_probe(0);
-            let sealed = crate::sys::fs::memfd_create_probe(MFD_NOEXEC_SEAL as u32);
+            let sealed = crate::sys::fs::memfd_create_probe(MFD_NOEXEC_SEAL);
             (plain, sealed)
         })
         .join()

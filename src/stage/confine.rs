@@ -5,7 +5,7 @@
 use crate::isolate::caps;
 use crate::isolate::landlock::{self as ll, AccessClass, LandlockPlan as IsoLandlockPlan};
 use crate::isolate::rlimit::{self, Resource};
-use crate::isolate::seccomp::{self, SeccompPrograms};
+use crate::isolate::seccomp::{self, SeccompProgram};
 use crate::plan::Plan;
 use crate::profile::Profile;
 use crate::stage::channel::{LandlockLevel, Step};
@@ -13,11 +13,8 @@ use crate::stage::channel::{LandlockLevel, Step};
 /// Why confinement could not be prepared in the parent.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
-    /// The set-id filter did not build.
-    #[error(transparent)]
-    Setid(#[from] crate::isolate::setid::SetidError),
-    /// The seccomp filters did not compile.
-    #[error("compiling the seccomp filters of profile {profile}: {source}")]
+    /// The seccomp program did not build.
+    #[error("building the seccomp program of profile {profile}: {source}")]
     Seccomp {
         /// Profile name.
         profile: String,
@@ -30,12 +27,11 @@ pub enum PrepareError {
 pub struct Confinement {
     landlock: IsoLandlockPlan,
     rlimits: Vec<(Resource, u64)>,
-    seccomp: SeccompPrograms,
-    setid: [seccompiler::BpfProgram; 2],
+    seccomp: SeccompProgram,
 }
 
 impl Confinement {
-    /// Builds the Landlock plan and compiles the seccomp BPF (allocating, parsing: parent only).
+    /// Builds the Landlock plan and the seccomp BPF (allocating: parent only).
     pub fn prepare(plan: &Plan, profile: &Profile) -> Result<Confinement, PrepareError> {
         let mut landlock = IsoLandlockPlan {
             rules: Vec::new(),
@@ -57,12 +53,10 @@ impl Confinement {
                 source,
             }
         })?;
-        let setid = crate::isolate::setid::build_setid_filters()?;
         Ok(Confinement {
             landlock,
             rlimits: profile.rlimits.clone(),
             seccomp,
-            setid,
         })
     }
 
@@ -79,7 +73,7 @@ impl Confinement {
 
     /// One-line seccomp status for reports.
     pub fn seccomp_status(&self) -> String {
-        format!("{}, set-id modes refused", self.seccomp.status_line())
+        self.seccomp.status_line()
     }
 
     /// The rlimits requested.
@@ -112,9 +106,7 @@ impl Confinement {
 
     /// In the payload child right before exec: seccomp, the last step.
     pub fn apply_in_payload(&self) -> Result<(), (Step, i32)> {
-        // The set-id filter first: the profile's stack may deny prctl/seccomp itself.
-        crate::isolate::setid::apply_setid_filters_on_current_thread(&self.setid)
-            .map_err(|_| (Step::Seccomp, libc::EPERM))?;
+        // One program: profile allowlist, always-denied calls, argument and set-id rules.
         seccomp::apply_seccomp_on_current_thread(&self.seccomp)
             .map_err(|_| (Step::Seccomp, libc::EPERM))
     }
