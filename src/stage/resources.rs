@@ -36,7 +36,7 @@ use crate::cgroup::{
     RunCgroup,
 };
 use crate::isolate::rlimit::Resource;
-use crate::lease::model::{HaltRule, Layer, Lease, Limits};
+use crate::lease::model::{HaltMetric, HaltRule, Layer, Lease, Limits};
 use crate::sentinel::policy::{self, HaltPolicy};
 use crate::sentinel::watch::WatchConfig;
 
@@ -203,6 +203,22 @@ pub fn setup(input: &SetupInput<'_>) -> Result<Resources, String> {
     limits.timeout_secs = Some(input.timeout_secs);
     // Halt rules are built first: a bad lease rule refuses the run whether or not a cgroup
     // can be made.
+    // The runner passes the payload's stdout and stderr straight through, so nothing counts
+    // them: a lease rule or limit on output would be a promise this build cannot keep.
+    if input
+        .lease
+        .halt
+        .iter()
+        .any(|r| r.metric == HaltMetric::OutputBytes)
+        || input.lease.limits.output_bytes.is_some()
+    {
+        return Err(
+            "the lease caps output (limits.output_bytes or an output_bytes halt rule), \
+                    but this build of calyx-run passes output through without counting it; \
+                    remedy: drop the output cap from the lease"
+                .to_owned(),
+        );
+    }
     let policy = HaltPolicy::builtin().map_err(|e| format!("halt policy: {e}"))?;
     let rules = policy::merge(&policy, &input.lease.halt, &limits)
         .map_err(|e| format!("halt rules: {e}"))?;
@@ -329,7 +345,7 @@ fn describe(cg: &RunCgroup, l: &Limits, rules: usize) -> String {
         set.push(format!("io_bps={i}"));
     }
     let mut s = format!(
-        "{backend}; limits {}; sentinel with {rules} halt rules",
+        "{backend}; limits {}; sentinel with {rules} halt rules; output not capped",
         if set.is_empty() {
             "none".to_owned()
         } else {
