@@ -583,3 +583,23 @@ fn warn_rule_is_an_event_only_and_output_caps_are_refused() {
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     assert!(r["error"].as_str().unwrap().contains("output"), "{r}");
 }
+
+#[test]
+fn a_cgroup_parent_that_does_not_exist_is_refused() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(&f, "parent", json!({}));
+    let out = f.run(
+        As::Caller,
+        &lease,
+        &["--json", "--cgroup-parent", "/cx-no-such-parent"],
+        &["/bin/sh", "-c", "echo should-not-run"],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let r: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    let err = r["error"].as_str().unwrap();
+    assert!(
+        err.contains("--cgroup-parent") && err.contains("does not exist"),
+        "{err}"
+    );
+}

@@ -8,6 +8,7 @@
 //! Whether a failure refuses the run depends on who asked for what:
 //!
 //! - the profile or the lease `require`s the `cgroup` layer → refused (125) with the remedy;
+//! - `--cgroup-parent` names where the cgroup must go → refused (125) when it cannot be made;
 //! - the lease sets a cgroup-enforced limit (`memory_bytes`, `swap_bytes`, `pids`, `cpu`,
 //!   `io_bps`) or its own `halt` rules → refused (125) with the remedy, unless
 //!   `require.allow_rlimit_fallback` is set and every such limit has an rlimit stand-in;
@@ -198,7 +199,14 @@ pub struct Resources {
 /// Stage 3: create the run's cgroup with its limits (read back), or refuse, or fall back.
 /// Err is the refusal message (exit 125), with the remedy.
 pub fn setup(input: &SetupInput<'_>) -> Result<Resources, String> {
-    let need = cgroup_need(input.lease, input.required);
+    let mut need = cgroup_need(input.lease, input.required);
+    // Naming a parent is asking for a cgroup: a wrong one is refused, not skipped.
+    if input.cgroup_parent.is_some() && need == Need::BestEffort {
+        need = Need::Required {
+            why: "--cgroup-parent was given".to_owned(),
+            fallback_allowed: false,
+        };
+    }
     let mut limits = effective_limits(&input.lease.limits, input.profile_limits);
     limits.timeout_secs = Some(input.timeout_secs);
     // Halt rules are built first: a bad lease rule refuses the run whether or not a cgroup
