@@ -254,12 +254,17 @@ fn summarize(line: &str) -> String {
     if let Some(o) = v["outcome"].as_str() {
         out.push_str(&format!(" -> {o} (exit {})", v["exit_code"]));
     }
+    // The achieved enforcement is in the closing record; STARTED carries the plan.
     let e = &v["enforcement"];
-    if let (Some(l), Some(ns)) = (e["landlock"].as_str(), e["namespaces"].as_array()) {
-        let seccomp = e["seccomp"].as_str().unwrap_or("-");
+    if v["event"] == "exec_event.FINISHED" {
+        let ns = e["namespaces"].as_array().map_or(0, Vec::len);
+        let field = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
         out.push_str(&format!(
-            " [{} namespaces; landlock {l}; seccomp {seccomp}]",
-            ns.len()
+            "\n{:>24}{ns} namespaces; landlock {}; seccomp {}; cgroup {}",
+            "",
+            field("landlock"),
+            field("seccomp"),
+            field("cgroup")
         ));
     }
     out
