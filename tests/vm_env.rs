@@ -4,7 +4,8 @@
 //!
 //! Inside the VM (`CALYX_VM_KERNEL` set by the guest init) it asserts the kernel series, root,
 //! a pure cgroup2 hierarchy at /sys/fs/cgroup with memory, pids, cpu and io enabled for
-//! children, the cgroup delegated to `nobody`, and the Landlock ABI of that kernel. On a host it
+//! children, a cgroup delegated to `nobody` that `nobody` can really use, and the Landlock ABI
+//! of that kernel. On a host it
 //! says loudly that it is the host variant and checks that the probes give definite answers
 //! (and, with `CI=true`, that the host has Landlock).
 
@@ -151,6 +152,9 @@ fn vm_differences(series: &str) -> Vec<String> {
                     "{dir}/cgroup.procs owner is {owner:?}, expected 65534"
                 ));
             }
+            if let Err(why) = nobody_can_use_delegation(&dir) {
+                diffs.push(why);
+            }
         }
         Err(_) => diffs.push("CALYX_VM_DELEGATED_CGROUP is not set".into()),
     }
@@ -161,6 +165,41 @@ fn vm_differences(series: &str) -> Vec<String> {
         ));
     }
     diffs
+}
+
+/// Proves the delegated cgroup works as on a systemd host: root places a shell in it (as
+/// systemd places a user's manager), and `nobody` then moves itself into a leaf, enables
+/// memory and pids for children and sets limits on a child, all without privileges.
+fn nobody_can_use_delegation(dir: &str) -> Result<(), String> {
+    let tag = std::process::id();
+    let leaf = format!("{dir}/vm-env-leaf-{tag}");
+    let run = format!("{dir}/vm-env-run-{tag}");
+    let as_nobody = format!(
+        "mkdir {leaf}; echo $$ > {leaf}/cgroup.procs; \
+         echo '+memory +pids' > {dir}/cgroup.subtree_control; mkdir {run}; \
+         echo 1048576 > {run}/memory.max; echo 16 > {run}/pids.max; \
+         cat {run}/memory.max {run}/pids.max"
+    );
+    let script = format!(
+        "echo $$ > {dir}/cgroup.procs && exec /usr/bin/setpriv --reuid=65534 --regid=65534 \
+         --clear-groups -- /bin/sh -ec \"{as_nobody}\""
+    );
+    let out = Command::new("/bin/sh").args(["-c", &script]).output();
+    // Leave the delegated cgroup as the init made it, for the tests that follow.
+    let _ = std::fs::remove_dir(&run);
+    let _ = std::fs::remove_dir(&leaf);
+    let _ = std::fs::write(format!("{dir}/cgroup.subtree_control"), "-memory -pids");
+    let out = out.map_err(|e| format!("running the delegation check: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() && stdout == "1048576\n16\n" {
+        Ok(())
+    } else {
+        Err(format!(
+            "nobody cannot use the delegated cgroup {dir}: {}, stdout {stdout:?}, stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! kernel panic, an unfinished run, or the time limit.
 //!
 //! Steps: host packages → kernels (cached under `target/vm/kernels`) → `cargo test --no-run`
-//! → initramfs (`target/vm/initramfs.cpio.gz`) → KVM probe → one boot per kernel, console in
+//! → initramfs (`target/vm/initramfs.cpio`) → KVM probe → one boot per kernel, console in
 //! `target/vm/console-<series>.log`.
 
 mod boot;
@@ -186,7 +186,7 @@ fn run(opts: &Options) -> Result<()> {
 
     header("vm: initramfs");
     let t = Instant::now();
-    let initrd = work.join("initramfs.cpio.gz");
+    let initrd = work.join("initramfs.cpio");
     let staging = work.join("root");
     let repo = util::repo_root();
     let init = repo.join("xtask/vm/init");
