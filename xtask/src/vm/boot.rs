@@ -87,7 +87,7 @@ pub fn run(boot: &Boot<'_>) -> Result<Console> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    stop(&mut child);
+    stop(&mut child, !timed_out);
     for r in readers.into_iter().flatten() {
         let _ = r.join();
     }
@@ -136,11 +136,11 @@ fn spawn_reader(
     })
 }
 
-/// Kills qemu if it is still running and reaps it.
-fn stop(child: &mut Child) {
+/// Kills qemu if it is still running and reaps it; with `grace`, a guest that just printed
+/// its last line first gets a moment to power off by itself.
+fn stop(child: &mut Child, grace: bool) {
     if matches!(child.try_wait(), Ok(None)) {
-        // Give a guest that just printed its last line a moment to power off by itself.
-        let grace = Instant::now() + Duration::from_secs(3);
+        let grace = Instant::now() + Duration::from_secs(if grace { 3 } else { 0 });
         while Instant::now() < grace && matches!(child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -97,6 +97,7 @@ pub fn fetch(series: Series, cache: &Path) -> Result<Kernel> {
         }
     };
     let dir = cache.join(&package);
+    prune_older(&series, &package, cache);
     if let Some(vmlinuz) = find_vmlinuz(&dir) {
         println!("vm: kernel {} (cached)", package);
         return Ok(Kernel {
@@ -143,6 +144,21 @@ pub fn fetch(series: Series, cache: &Path) -> Result<Kernel> {
         package,
         vmlinuz,
     })
+}
+
+/// Removes cached kernels of the series that a newer upload replaced, so the cache holds one
+/// kernel per series however many security updates pass.
+fn prune_older(series: &Series, keep: &str, cache: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != keep && upload_number(series, &name).is_some() {
+            println!("vm: removing superseded {name}");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn apt_search() -> Result<String> {
