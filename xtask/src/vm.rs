@@ -83,8 +83,8 @@ impl Default for Options {
             accel: AccelChoice::Auto,
             // Generous enough for the full privileged list under emulation (a boot is slower
             // than the budget below, not hung); the per-binary limit catches hangs early.
-            boot_limit: Duration::from_secs(900),
-            test_limit: Duration::from_secs(300),
+            boot_limit: Duration::from_secs(1200),
+            test_limit: Duration::from_secs(600),
             threads: 2,
             memory: 2048,
         }
