@@ -4,6 +4,7 @@ mod bench;
 mod ci;
 mod demo;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         "demo" => demo::demo(),
         "schema" => schema(),
         "bench" => bench::bench(),
+        "vm-test" => vm::vm_test(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
