@@ -111,6 +111,14 @@ fn tcp_connect_is_denied_under_deny_tcp_only() {
     let denied = restricted(plan(&fx.root, true), move |_| {
         TcpStream::connect(addr).map(drop)
     });
+    if expected_abi() < 4 {
+        // No network rules before ABI 4: the connect goes through, and the status must say
+        // the ruleset is only partial (the runner's seccomp socket filter still holds).
+        assert!(denied.is_ok(), "{denied:?}");
+        let status = restricted(plan(&fx.root, true), |s| s);
+        assert_eq!(status.enforcement, Enforcement::Partial, "{status}");
+        return;
+    }
     assert_eq!(kind(denied), ErrorKind::PermissionDenied);
     let allowed = restricted(plan(&fx.root, false), move |_| {
         TcpStream::connect(addr).map(drop)
@@ -142,11 +150,22 @@ fn a_missing_granted_path_is_an_error_naming_it() {
 fn status_reports_the_kernel_abi() {
     let fx = fixture();
     let status = restricted(plan(&fx.root, true), |s| s);
-    // This host runs Landlock ABI 7 (see notes/common.md); a different kernel must show up
-    // here rather than pass unnoticed.
-    assert_eq!(status.abi, 7, "unexpected kernel Landlock ABI: {status}");
-    assert_eq!(status.enforcement, Enforcement::Full);
-    assert_eq!(status.to_string(), "landlock: full (ABI 7)");
+    // The kernel's ABI is known for every host the suite runs on; a different kernel must
+    // show up here rather than pass unnoticed.
+    let abi = expected_abi();
+    assert_eq!(status.abi, abi, "unexpected kernel Landlock ABI: {status}");
+    if abi >= 4 {
+        assert_eq!(status.enforcement, Enforcement::Full);
+        assert_eq!(status.to_string(), format!("landlock: full (ABI {abi})"));
+    } else {
+        // ABI 2 lacks truncate and network rules: degraded, and reported as such.
+        assert_eq!(status.enforcement, Enforcement::Partial);
+        assert!(
+            status
+                .to_string()
+                .starts_with(&format!("landlock: partial (ABI {abi}"))
+        );
+    }
     // Requiring more than the kernel has is refused.
     let mut p = plan(&fx.root, true);
     p.min_abi = 8;
@@ -154,7 +173,17 @@ fn status_reports_the_kernel_abi() {
         .join()
         .unwrap();
     assert!(
-        matches!(err, LandlockError::BelowFloor { abi: 7, floor: 8 }),
+        matches!(err, LandlockError::BelowFloor { abi: a, floor: 8 } if a == abi),
         "{err}"
     );
+}
+
+/// The Landlock ABI of the kernel this test runs on: the VM tier names its kernel series in
+/// `CALYX_VM_KERNEL`; the development and CI host runs Linux 6.18 with ABI 7.
+fn expected_abi() -> u8 {
+    match std::env::var("CALYX_VM_KERNEL").as_deref() {
+        Ok("6.12") => 6,
+        Ok("6.1") => 2,
+        _ => 7,
+    }
 }

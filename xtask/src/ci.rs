@@ -70,6 +70,17 @@ pub fn ci() -> Result<()> {
         ));
     }
 
+    header("VM tier: pure cgroup v2 and an older kernel, under qemu");
+    // Root installs qemu and fetches kernels; without root the tier cannot run at all.
+    if util::is_root() {
+        tiers.push(("vm", outcome(crate::vm::vm_tier())));
+    } else {
+        tiers.push((
+            "vm",
+            Outcome::Skipped("needs root to install qemu and fetch kernels".into()),
+        ));
+    }
+
     header("fuzz smoke (verify target)");
     tiers.push(("fuzz", fuzz_smoke()));
 
