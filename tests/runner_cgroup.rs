@@ -550,3 +550,56 @@ fn a_limit_the_cgroup_cannot_hold_refuses_the_run_as_root() {
     );
     assert_removed(&r);
 }
+
+#[test]
+fn warn_rule_is_an_event_only_and_output_caps_are_refused() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(
+        &f,
+        "warn",
+        json!({"limits": {"pids": 100},
+               "halt": [{"metric": "pids_percent", "above": 2.5, "for_ms": 0, "action": "warn"}]}),
+    );
+    let (out, r) = run_sh(
+        &f,
+        As::Caller,
+        &lease,
+        "sleep 0.5 & sleep 0.5 & wait; echo done",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(r["outcome"], "exited", "{r}");
+    assert!(r.get("halt").is_none(), "{r}");
+    let warned: Vec<Value> = events(&f, As::Caller)
+        .into_iter()
+        .filter(|e| e["event"] == "resource_event.MONITORED" && !e["warning"].is_null())
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["warning"]["rule"]["metric"], "pids_percent");
+
+    // Output is passed through uncounted: a lease that caps it is refused, not trusted.
+    let lease = sh_lease(&f, "outcap", json!({"limits": {"output_bytes": 10}}));
+    let (out, r) = run_sh(&f, As::Caller, &lease, "echo should-not-run");
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(r["error"].as_str().unwrap().contains("output"), "{r}");
+}
+
+#[test]
+fn a_cgroup_parent_that_does_not_exist_is_refused() {
+    assert_hybrid_host();
+    let f = Fixture::new();
+    let lease = sh_lease(&f, "parent", json!({}));
+    let out = f.run(
+        As::Caller,
+        &lease,
+        &["--json", "--cgroup-parent", "/cx-no-such-parent"],
+        &["/bin/sh", "-c", "echo should-not-run"],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let r: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    let err = r["error"].as_str().unwrap();
+    assert!(
+        err.contains("--cgroup-parent") && err.contains("does not exist"),
+        "{err}"
+    );
+}

@@ -27,7 +27,8 @@ const EXIT_CODES_HELP: &str = "Exit codes:
   1   an operation failed (I/O)
   2   usage error
   77  refused: the lease is invalid, expired, tampered with or not authorized
-  78  refused: bad configuration (trust policy, key file permissions)";
+  78  refused: bad configuration (trust policy, key file permissions)
+  125 doctor: a layer the profile requires is missing on this host";
 
 /// calyx: keys, trust policies and signed leases.
 #[derive(Debug, Parser)]

@@ -36,7 +36,8 @@ Exit codes:
   125    calyx could not set up the sandbox, or a required layer is missing (nothing ran)
   126    command not executable inside the sandbox
   127    command not found inside the sandbox
-  137    halted by the sentinel";
+  137    halted by the sentinel (outcome \"halted\"); an OOM kill at the memory limit is
+         also 137, as 128+9, with outcome \"signaled\" and usage.oom_kills set";
 
 /// Command-line arguments of `calyx-run`.
 #[derive(Debug, Parser)]

@@ -8,6 +8,7 @@
 //! Whether a failure refuses the run depends on who asked for what:
 //!
 //! - the profile or the lease `require`s the `cgroup` layer → refused (125) with the remedy;
+//! - `--cgroup-parent` names where the cgroup must go → refused (125) when it cannot be made;
 //! - the lease sets a cgroup-enforced limit (`memory_bytes`, `swap_bytes`, `pids`, `cpu`,
 //!   `io_bps`) or its own `halt` rules → refused (125) with the remedy, unless
 //!   `require.allow_rlimit_fallback` is set and every such limit has an rlimit stand-in;
@@ -36,7 +37,7 @@ use crate::cgroup::{
     RunCgroup,
 };
 use crate::isolate::rlimit::Resource;
-use crate::lease::model::{HaltRule, Layer, Lease, Limits};
+use crate::lease::model::{HaltMetric, HaltRule, Layer, Lease, Limits};
 use crate::sentinel::policy::{self, HaltPolicy};
 use crate::sentinel::watch::WatchConfig;
 
@@ -198,11 +199,34 @@ pub struct Resources {
 /// Stage 3: create the run's cgroup with its limits (read back), or refuse, or fall back.
 /// Err is the refusal message (exit 125), with the remedy.
 pub fn setup(input: &SetupInput<'_>) -> Result<Resources, String> {
-    let need = cgroup_need(input.lease, input.required);
+    let mut need = cgroup_need(input.lease, input.required);
+    // Naming a parent is asking for a cgroup: a wrong one is refused, not skipped.
+    if input.cgroup_parent.is_some() && need == Need::BestEffort {
+        need = Need::Required {
+            why: "--cgroup-parent was given".to_owned(),
+            fallback_allowed: false,
+        };
+    }
     let mut limits = effective_limits(&input.lease.limits, input.profile_limits);
     limits.timeout_secs = Some(input.timeout_secs);
     // Halt rules are built first: a bad lease rule refuses the run whether or not a cgroup
     // can be made.
+    // The runner passes the payload's stdout and stderr straight through, so nothing counts
+    // them: a lease rule or limit on output would be a promise this build cannot keep.
+    if input
+        .lease
+        .halt
+        .iter()
+        .any(|r| r.metric == HaltMetric::OutputBytes)
+        || input.lease.limits.output_bytes.is_some()
+    {
+        return Err(
+            "the lease caps output (limits.output_bytes or an output_bytes halt rule), \
+                    but this build of calyx-run passes output through without counting it; \
+                    remedy: drop the output cap from the lease"
+                .to_owned(),
+        );
+    }
     let policy = HaltPolicy::builtin().map_err(|e| format!("halt policy: {e}"))?;
     let rules = policy::merge(&policy, &input.lease.halt, &limits)
         .map_err(|e| format!("halt rules: {e}"))?;
@@ -329,7 +353,7 @@ fn describe(cg: &RunCgroup, l: &Limits, rules: usize) -> String {
         set.push(format!("io_bps={i}"));
     }
     let mut s = format!(
-        "{backend}; limits {}; sentinel with {rules} halt rules",
+        "{backend}; limits {}; sentinel with {rules} halt rules; output not capped",
         if set.is_empty() {
             "none".to_owned()
         } else {
