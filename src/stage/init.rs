@@ -130,10 +130,11 @@ fn init_main(ctx: &InitContext, channel: &Channel) -> StepResult<i32> {
         Some(Msg::Start) => {}
         _ => return Ok(125),
     }
-    let payload = sys::clone::fork().map_err(at(Step::Fork))?;
-    if payload == 0 {
-        spawn_payload(ctx, channel, pinned);
-    }
+    // The payload shares init's memory until its exec and init waits meanwhile (vfork-style):
+    // no copy of init's address space to make, fault in and tear down on the way to exec.
+    // spawn_payload only makes system calls with what the parent prepared.
+    let payload = sys::clone::spawn_vfork(&mut || spawn_payload(ctx, channel, pinned))
+        .map_err(at(Step::Fork))?;
     Ok(reap(channel, sigfd.as_fd(), payload))
 }
 
@@ -156,7 +157,8 @@ fn pin_executable(ctx: &InitContext, want: [u8; 32]) -> io::Result<Option<i32>> 
     Ok(Some(owned.into_raw_fd()))
 }
 
-/// The payload child: restore signals, seccomp, exec. Never returns.
+/// The payload child: restore signals, seccomp, exec. Never returns. It runs in init's memory
+/// (see `spawn_vfork`): system calls only, no allocation.
 fn spawn_payload(ctx: &InitContext, channel: &Channel, pinned: Option<i32>) -> ! {
     // Signals were blocked for init's signalfd; a fresh program expects an empty mask.
     if let Err(e) = ssig::reset_for_exec() {

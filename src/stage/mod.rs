@@ -10,8 +10,8 @@
 //!                                            hostname, lo; close fds > 3; setsid; pin exe (sha256)
 //!                                            drop caps; rlimits; no_new_privs; Landlock
 //!  Ready(landlock) ◄──────────────────────── report
-//!  check floor; STARTED + fdatasync; Start ► fork ─► payload: own pgrp; signals reset;
-//!                                                     set-id filter + profile seccomp; exec
+//!  check floor; STARTED + fdatasync; Start ► vfork ► payload (in init's memory until exec):
+//!                                            own pgrp; signals reset; seccomp program; exec
 //!  poll(pidfd, signalfd, channel):           reap all; forward INT/TERM/HUP to the payload group
 //!  timeout → TERM, 2 s, SIGKILL init         Exited(status) ◄ payload ends; init exits (ns dies)
 //!  wait4(init) → usage; classify; FINISHED

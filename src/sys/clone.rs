@@ -102,11 +102,73 @@ pub fn clone3_into_cgroup(ns_flags: libc::c_int, cgroup_fd: BorrowedFd<'_>) -> i
     Ok(Cloned::Parent { pid, pidfd })
 }
 
-/// `fork()` for init starting the payload (no namespace change).
-pub fn fork() -> io::Result<libc::pid_t> {
-    // SAFETY: init is single-threaded, so the child's copy of every lock is consistent.
-    let pid = unsafe { libc::fork() };
-    Ok(check(pid as libc::c_long)? as libc::pid_t)
+/// Stack of a [`spawn_vfork`] child: it only runs a few calyx functions and libc wrappers
+/// before exec, far below this; a guard page below it faults instead of overwriting memory.
+const VFORK_STACK: usize = 256 * 1024;
+
+/// Runs `child` in a new process that shares this address space, and returns its pid once the
+/// child has exec'd or exited (`clone(CLONE_VM | CLONE_VFORK | SIGCHLD)`, as posix_spawn
+/// does): no page tables are copied, neither process takes copy-on-write faults, and exec has
+/// no copy to tear down.
+///
+/// The child runs on a stack of its own (this thread's frames are needed when it resumes), with
+/// its own file table, signal dispositions, signal mask and seccomp filters, but this
+/// process's memory: `child` must only make system calls, must not allocate or free (the
+/// allocator's state is this process's), and must end in exec or [`exit_now`]. The caller must
+/// be single-threaded.
+pub fn spawn_vfork(child: &mut dyn FnMut()) -> io::Result<libc::pid_t> {
+    extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` points at the `&mut dyn FnMut()` of the caller's frame, which
+        // stays alive until the child has exec'd or exited (the caller is stopped until then).
+        let f = unsafe { &mut *(arg as *mut &mut dyn FnMut()) };
+        f();
+        // `child` must not return (it would run on in a process that shares our memory).
+        exit_now(125)
+    }
+    let page = 4096;
+    let len = VFORK_STACK + page;
+    // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let unmap = || {
+        // SAFETY: `base`/`len` is the mapping made above, used by no one once the child has
+        // exec'd or exited.
+        unsafe { libc::munmap(base, len) };
+    };
+    // The lowest page becomes the guard: the stack grows down towards it.
+    // SAFETY: the first page of the mapping above.
+    if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+        let e = io::Error::last_os_error();
+        unmap();
+        return Err(e);
+    }
+    let mut f: &mut dyn FnMut() = child;
+    // SAFETY: the stack top is the 16-byte aligned end of the mapping, which only the child
+    // uses; CLONE_VFORK stops this thread until the child has exec'd or exited, so `f` and the
+    // mapping outlive every use the child makes of them, and the child exits if `child` returns.
+    let pid = unsafe {
+        let top = (base as *mut u8).add(len);
+        libc::clone(
+            trampoline,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut f as *mut &mut dyn FnMut()).cast(),
+        )
+    };
+    let res = check(pid as libc::c_long).map(|p| p as libc::pid_t);
+    unmap();
+    res
 }
 
 /// `_exit` without running atexit handlers or flushing stdio shared with the parent.
