@@ -221,6 +221,12 @@ impl Sample {
         };
         match m {
             HaltMetric::MemoryPercent => percent(self.working_set(), self.memory_limit),
+            // A fork the kernel refused means the cgroup sat at its limit, however quickly
+            // the count fell again: a fork bomb's processes die and respawn faster than any
+            // sampling interval, so the refusal counter is the reliable sign of a breach.
+            HaltMetric::PidsPercent if self.pids_max_events.is_some_and(|n| n > 0) => {
+                self.pids_limit.map(|_| 100.0)
+            }
             HaltMetric::PidsPercent => percent(self.pids, self.pids_limit),
             HaltMetric::CpuSeconds => self.cpu_usec.map(|u| u as f64 / 1e6),
             HaltMetric::MemoryPressureSomeAvg10 => self.memory_pressure_some_avg10,
@@ -404,6 +410,7 @@ impl StatSource {
         }
         if wants(HaltMetric::PidsPercent) {
             s.pids = num(pids, "pids.current")?;
+            s.pids_max_events = keyed(pids, "pids.events", "max")?;
         }
         if wants(HaltMetric::CpuSeconds) {
             s.cpu_usec = if v2 {

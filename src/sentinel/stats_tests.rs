@@ -119,7 +119,8 @@ fn v2_sample_from_fixture_tree() {
     let s = src.read().unwrap();
     assert_eq!(s.memory_limit, Some(67_108_864));
     assert!((s.metric(HaltMetric::MemoryPercent).unwrap() - 90.0).abs() < 0.01);
-    assert!((s.metric(HaltMetric::PidsPercent).unwrap() - 96.875).abs() < 1e-9);
+    // The fixture's pids.events records 5 refused forks: the limit was reached.
+    assert_eq!(s.metric(HaltMetric::PidsPercent), Some(100.0));
     assert_eq!(s.metric(HaltMetric::CpuSeconds), Some(1.5));
     assert_eq!(s.metric(HaltMetric::MemoryPressureSomeAvg10), Some(4.2));
     assert_eq!(s.metric(HaltMetric::OutputBytes), None);
@@ -229,4 +230,20 @@ fn v1_sample_from_fixture_tree() {
         (Some(50.0), Some(2_500_000))
     );
     assert_eq!(src.pressure_file(), None);
+}
+
+#[test]
+fn a_refused_fork_counts_as_the_pids_limit_reached() {
+    let s = Sample {
+        pids: Some(3),
+        pids_limit: Some(32),
+        pids_max_events: Some(1),
+        ..Sample::default()
+    };
+    assert_eq!(s.metric(HaltMetric::PidsPercent), Some(100.0));
+    let calm = Sample {
+        pids_max_events: Some(0),
+        ..s.clone()
+    };
+    assert!((calm.metric(HaltMetric::PidsPercent).unwrap() - 9.375).abs() < 1e-9);
 }

@@ -237,50 +237,9 @@ pub fn start(
         path: PathBuf::new(),
         source,
     })?;
-    // inotify on *.events: the kernel modifies them on OOM kills, pids.max hits, populated
-    // and frozen changes.
-    let inotify = Inotify::new().map_err(|source| SentinelError::Setup {
-        op: "inotify_init1",
-        path: PathBuf::new(),
-        source,
-    })?;
-    for f in source.event_files() {
-        inotify
-            .watch_modify(&f)
-            .map_err(|source| SentinelError::Setup {
-                op: "inotify_add_watch",
-                path: f.clone(),
-                source,
-            })?;
-    }
-    let psi = match (config.psi_trigger, source.pressure_file()) {
-        (Some(t), Some(path)) => match psi_trigger(&path, t) {
-            Ok(f) => Some(f),
-            Err(source) => {
-                // PSI disabled or the window refused: rules still run on samples.
-                let _ = tx.send(SentinelEvent::Degraded {
-                    what: "PSI trigger",
-                    path,
-                    source,
-                });
-                None
-            }
-        },
-        _ => None,
-    };
     let thread = std::thread::Builder::new()
         .name("calyx:sentinel".into())
-        .spawn(move || {
-            watch_loop(
-                &cgroup,
-                &source,
-                &config,
-                &tx,
-                &stop_peer,
-                &inotify,
-                psi.as_ref(),
-            )
-        })
+        .spawn(move || watch_loop(&cgroup, &source, &config, &tx, &stop_peer))
         .map_err(|source| SentinelError::Setup {
             op: "spawn",
             path: PathBuf::new(),
@@ -289,16 +248,75 @@ pub fn start(
     Ok(Sentinel { stop, thread })
 }
 
+/// How long a run lives before the sentinel sets up inotify and the PSI trigger.
+const EVENT_SOURCES_AFTER: Duration = Duration::from_millis(250);
+
+/// inotify on the `*.events` files and the PSI trigger: wake-ups between rule ticks.
+struct EventSources {
+    inotify: Option<Inotify>,
+    psi: Option<File>,
+}
+
+impl EventSources {
+    /// Opens both; a source that cannot be set up is reported as `Degraded` and the rules
+    /// run on samples alone.
+    fn open(source: &StatSource, config: &WatchConfig, tx: &Sender<SentinelEvent>) -> Self {
+        let degraded = |what: &'static str, path: PathBuf, source: std::io::Error| {
+            let _ = tx.send(SentinelEvent::Degraded { what, path, source });
+        };
+        // inotify on *.events: the kernel modifies them on OOM kills, pids.max hits,
+        // populated and frozen changes.
+        let inotify = match Inotify::new() {
+            Ok(inotify) => {
+                for f in source.event_files() {
+                    if let Err(e) = inotify.watch_modify(&f) {
+                        degraded("inotify watch", f, e);
+                    }
+                }
+                Some(inotify)
+            }
+            Err(e) => {
+                degraded("inotify", PathBuf::new(), e);
+                None
+            }
+        };
+        Self {
+            inotify,
+            psi: open_psi(source, config, tx),
+        }
+    }
+}
+
+fn open_psi(source: &StatSource, config: &WatchConfig, tx: &Sender<SentinelEvent>) -> Option<File> {
+    let (Some(t), Some(path)) = (config.psi_trigger, source.pressure_file()) else {
+        return None;
+    };
+    match psi_trigger(&path, t) {
+        Ok(f) => Some(f),
+        Err(source) => {
+            // PSI disabled or the window refused: rules still run on samples.
+            let _ = tx.send(SentinelEvent::Degraded {
+                what: "PSI trigger",
+                path,
+                source,
+            });
+            None
+        }
+    }
+}
+
 fn watch_loop(
     cgroup: &RunCgroup,
     source: &StatSource,
     config: &WatchConfig,
     tx: &Sender<SentinelEvent>,
     stop: &UnixStream,
-    inotify: &Inotify,
-    mut psi: Option<&File>,
 ) -> Usage {
     let start = Instant::now();
+    // The event sources are made only once the run has lived a while: closing an inotify
+    // instance or a PSI trigger waits for an RCU grace period (8–20 ms here), which would
+    // double the cost of every short run, and until then the rule tick samples anyway.
+    let mut events: Option<EventSources> = None;
     let mut evaluator = Evaluator::new(config.rules.clone());
     let mut usage = Usage::default();
     let mut killed = false;
@@ -328,12 +346,20 @@ fn watch_loop(
         if let Some(d) = evaluator.next_deadline().filter(|_| !killed) {
             wake = wake.min(start + Duration::from_millis(d));
         }
-        let mut fds = vec![
-            (stop.as_fd(), Interest::Readable),
-            (inotify.as_fd(), Interest::Readable),
-        ];
-        if let Some(p) = psi {
-            fds.push((p.as_fd(), Interest::Priority));
+        if events.is_none() && now.duration_since(start) >= EVENT_SOURCES_AFTER {
+            events = Some(EventSources::open(source, config, tx));
+        }
+        let mut fds = vec![(stop.as_fd(), Interest::Readable)];
+        let (mut inotify_at, mut psi_at) = (None, None);
+        if let Some(ev) = &events {
+            if let Some(i) = &ev.inotify {
+                inotify_at = Some(fds.len());
+                fds.push((i.as_fd(), Interest::Readable));
+            }
+            if let Some(p) = &ev.psi {
+                psi_at = Some(fds.len());
+                fds.push((p.as_fd(), Interest::Priority));
+            }
         }
         let ready = match cgroup_sys::poll_fds(&fds, wake.saturating_duration_since(now)) {
             Ok(r) => r,
@@ -352,15 +378,18 @@ fn watch_loop(
         if state(0).event || state(0).failed {
             break;
         }
-        if state(1).event {
-            inotify.drain();
-        }
-        // A PSI fd in error (its cgroup went away) would make every poll return at once.
-        if state(2).failed {
-            psi = None;
+        let inotify_woke = inotify_at.is_some_and(|i| state(i).event);
+        if let Some(ev) = &mut events {
+            if let (true, Some(i)) = (inotify_woke, &ev.inotify) {
+                i.drain();
+            }
+            // A PSI fd in error (its cgroup went away) would make every poll return at once.
+            if psi_at.is_some_and(|i| state(i).failed) {
+                ev.psi = None;
+            }
         }
         // A full reading on events and MONITORED ticks; otherwise only the rules' files.
-        let full_due = first || state(1).event || next_monitor.is_some_and(|m| Instant::now() >= m);
+        let full_due = first || inotify_woke || next_monitor.is_some_and(|m| Instant::now() >= m);
         let read = if full_due {
             source.read()
         } else {
