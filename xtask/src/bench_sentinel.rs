@@ -83,23 +83,20 @@ pub fn halt_latency(bin: &Path, dir: &Path) -> Result<HaltLatency> {
     for i in 0..HALT_RUNS {
         let result = fx.dir.join(format!("halt-{i}.json"));
         let mut guard = fx.spawn(&lease, &result, &["/usr/bin/python3", "-c", HOG])?;
-        let timing = observe_halt(&mut guard);
+        // On an error the guard's drop stops calyx-run.
+        let (latency, gap) = observe_halt(&mut guard)?;
         let status = guard.wait()?;
         let r = read_result(&result)?;
-        match timing {
-            Ok((latency, gap)) if status == Some(137) && r["outcome"] == "halted" => {
-                out.latency_ms.push(latency.as_secs_f64() * 1e3);
-                out.max_cross_gap_ms = out.max_cross_gap_ms.max(gap.as_secs_f64() * 1e3);
-            }
-            Ok(_) => {
-                eprintln!(
-                    "halt run {i}: not halted by the rule (exit {status:?}, outcome {}): {}",
-                    r["outcome"],
-                    stderr_of(&result)
-                );
-                out.not_halted += 1;
-            }
-            Err(e) => return Err(e),
+        if status == Some(137) && r["outcome"] == "halted" {
+            out.latency_ms.push(latency.as_secs_f64() * 1e3);
+            out.max_cross_gap_ms = out.max_cross_gap_ms.max(gap.as_secs_f64() * 1e3);
+        } else {
+            eprintln!(
+                "halt run {i}: not halted by the rule (exit {status:?}, outcome {}): {}",
+                r["outcome"],
+                stderr_of(&result)
+            );
+            out.not_halted += 1;
         }
     }
     if out.latency_ms.is_empty() {
@@ -112,11 +109,6 @@ pub fn halt_latency(bin: &Path, dir: &Path) -> Result<HaltLatency> {
 fn observe_halt(run: &mut RunGuard) -> Result<(Duration, Duration)> {
     let cg = run.find_cgroup()?;
     let limit = cg.limit()?;
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
     let threshold = (limit as f64 * HALT_PERCENT / 100.0) as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last_below = Instant::now();
@@ -229,11 +221,6 @@ pub fn report(halt: &mut HaltLatency, idle: &IdleCost, report_to: &Path) -> Resu
     halt.latency_ms.sort_by(f64::total_cmp);
     let n = halt.latency_ms.len();
     let at = |q: f64| {
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
         let i = (((n as f64) * q).ceil() as usize).clamp(1, n) - 1;
         halt.latency_ms[i]
     };
@@ -272,8 +259,14 @@ pub fn report(halt: &mut HaltLatency, idle: &IdleCost, report_to: &Path) -> Resu
         .iter()
         .map(|(name, cpu)| format!("{name} {:.1} ms", cpu.as_secs_f64() * 1e3))
         .collect();
+    let runs: Vec<String> = halt
+        .latency_ms
+        .iter()
+        .map(|ms| format!("{ms:.1}"))
+        .collect();
     let notes = format!(
-        "{notes}Idle CPU by runner thread: {}.\n",
+        "{notes}Halt latency of every run, sorted (ms): {}.\nIdle CPU by runner thread: {}.\n",
+        runs.join(", "),
         threads.join(", ")
     );
     println!("{t}{notes}");
@@ -304,15 +297,11 @@ impl Fixture {
         for (id, role) in [("alice", "human"), ("cp14", "agent")] {
             let key = fx.path(&format!("{id}.key"));
             run(fx.calyx().args(["key", "gen", "--id", id, "--out", &key]))?;
-            run(fx
-                .calyx()
-                .args(["trust", "add", "--id", id, "--role", role])
-                .args([
-                    "--policy",
-                    &fx.path("trust.toml"),
-                    "--pub",
-                    &format!("{key}.pub"),
-                ]))?;
+            let (policy, public) = (fx.path("trust.toml"), format!("{key}.pub"));
+            let add = [
+                "trust", "add", "--id", id, "--role", role, "--policy", &policy,
+            ];
+            run(fx.calyx().args(add).args(["--pub", &public]))?;
         }
         Ok(fx)
     }
@@ -342,13 +331,8 @@ impl Fixture {
             .args(["--max-uses", "1000", "--from"])
             .arg(&spec_path))?;
         for id in ["alice", "cp14"] {
-            run(self.calyx().args([
-                "lease",
-                "sign",
-                &lease,
-                "--key",
-                &self.path(&format!("{id}.key")),
-            ]))?;
+            let key = self.path(&format!("{id}.key"));
+            run(self.calyx().args(["lease", "sign", &lease, "--key", &key]))?;
         }
         Ok(lease)
     }
