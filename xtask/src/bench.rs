@@ -30,7 +30,13 @@ pub fn bench() -> Result<()> {
 
     header("start-up: median wall time of one sandboxed /usr/bin/true");
     let dir = scratch()?;
-    let result = startup(&bin, &dir);
+    let result = startup(&bin, &dir).and_then(|()| {
+        header("sentinel: halt latency and idle cost (about 90 s)");
+        let mut halt = crate::bench_sentinel::halt_latency(&bin, &dir)?;
+        let idle = crate::bench_sentinel::idle_cost(&bin, &dir)?;
+        let table = repo_root().join("target/bench-startup.md");
+        crate::bench_sentinel::report(&mut halt, &idle, &table)
+    });
     let _ = fs::remove_dir_all(&dir);
     result
 }

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask ci|demo|schema|bench`.
 
 mod bench;
+mod bench_sentinel;
 mod ci;
 mod demo;
 mod util;
