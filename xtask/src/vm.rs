@@ -235,58 +235,35 @@ fn run(opts: &Options) -> Result<()> {
     let accel = choose_accel(opts.accel, &kernels, &initrd, &work)?;
 
     let names: Vec<String> = chosen.iter().map(|t| t.name.clone()).collect();
-    let mut summary = Vec::new();
-    let mut failed = 0;
+    // Each emulated machine runs its vCPUs on one host thread (see boot.rs), so the kernels
+    // boot side by side, one per host core; their console lines carry the series as a prefix.
     for k in &kernels {
         header(&format!("vm: boot {} ({})", k.series.name, k.package));
-        let nonce = nonce()?;
-        let log = work.join(format!("console-{}.log", k.series.name));
-        let console = boot::run(&boot::Boot {
-            label: k.series.name,
-            vmlinuz: &k.vmlinuz,
-            initrd: &initrd,
-            accel,
-            memory: opts.memory,
-            cmdline: format!(
-                "console=ttyS0 quiet panic=-1 calyx.kernel={} calyx.nonce={nonce} \
-                 calyx.threads={} calyx.test_timeout={}",
-                k.series.name,
-                opts.threads,
-                opts.test_limit.as_secs()
-            ),
-            limit: opts.boot_limit,
-            log: &log,
-            echo: true,
-            stop_on: &[],
-        })?;
-        let mut problems: Vec<String> = markers::judge(&console.text, &nonce, &names)
+    }
+    let results: Vec<Result<(String, bool)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = kernels
             .iter()
-            .map(ToString::to_string)
+            .map(|k| {
+                let (initrd, work, names) = (&initrd, &work, &names);
+                scope.spawn(move || boot_one(k, opts, accel, initrd, work, names))
+            })
             .collect();
-        if console.timed_out {
-            problems.insert(
-                0,
-                format!("time limit of {}s reached", opts.boot_limit.as_secs()),
-            );
-        }
-        let codes: Vec<String> = markers::reported(&console.text, &nonce)
+        handles
             .into_iter()
-            .map(|(n, c)| format!("{n}={c}"))
-            .collect();
-        let verdict = if problems.is_empty() {
-            "passed".to_string()
-        } else {
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(fail("a VM boot thread panicked")))
+            })
+            .collect()
+    });
+    let mut summary = Vec::new();
+    let mut failed = 0;
+    for r in results {
+        let (line, ok) = r?;
+        if !ok {
             failed += 1;
-            format!("FAILED: {}", problems.join("; "))
-        };
-        summary.push(format!(
-            "  {:<5} {:>5.0}s  {}  [{}]  log {}",
-            k.series.name,
-            console.elapsed.as_secs_f64(),
-            verdict,
-            codes.join(" "),
-            log.display()
-        ));
+        }
+        summary.push(line);
     }
 
     header("vm: summary");
@@ -405,6 +382,66 @@ fn nonce() -> Result<String> {
 
 fn mkdir(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(|e| fail(format!("creating {}: {e}", p.display())))
+}
+
+/// Boots one kernel and judges its console: the summary line, and whether it passed.
+fn boot_one(
+    k: &kernel::Kernel,
+    opts: &Options,
+    accel: Accel,
+    initrd: &Path,
+    work: &Path,
+    names: &[String],
+) -> Result<(String, bool)> {
+    let nonce = nonce()?;
+    let log = work.join(format!("console-{}.log", k.series.name));
+    let console = boot::run(&boot::Boot {
+        label: k.series.name,
+        vmlinuz: &k.vmlinuz,
+        initrd,
+        accel,
+        memory: opts.memory,
+        cmdline: format!(
+            "console=ttyS0 quiet panic=-1 calyx.kernel={} calyx.nonce={nonce} \
+             calyx.threads={} calyx.test_timeout={}",
+            k.series.name,
+            opts.threads,
+            opts.test_limit.as_secs()
+        ),
+        limit: opts.boot_limit,
+        log: &log,
+        echo: true,
+        stop_on: &[],
+    })?;
+    let mut problems: Vec<String> = markers::judge(&console.text, &nonce, names)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if console.timed_out {
+        problems.insert(
+            0,
+            format!("time limit of {}s reached", opts.boot_limit.as_secs()),
+        );
+    }
+    let codes: Vec<String> = markers::reported(&console.text, &nonce)
+        .into_iter()
+        .map(|(n, c)| format!("{n}={c}"))
+        .collect();
+    let ok = problems.is_empty();
+    let verdict = if ok {
+        "passed".to_string()
+    } else {
+        format!("FAILED: {}", problems.join("; "))
+    };
+    let line = format!(
+        "  {:<5} {:>5.0}s  {}  [{}]  log {}",
+        k.series.name,
+        console.elapsed.as_secs_f64(),
+        verdict,
+        codes.join(" "),
+        log.display()
+    );
+    Ok((line, ok))
 }
 
 #[cfg(test)]
