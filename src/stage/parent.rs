@@ -207,15 +207,6 @@ pub fn run(
     let kill_init = || {
         let _ = sproc::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
     };
-    // v1 hierarchies (hybrid/legacy) and the ENOSYS fallback: move init in while it still
-    // waits for Go, so nothing it or the payload runs escapes accounting.
-    if let Some(cg) = &cgroup {
-        if let Err(e) = cg.add_pid(pid as u32) {
-            kill_init();
-            let _ = sproc::wait4(pid, false);
-            return fail(report, format!("placing init in the run's cgroup: {e}"));
-        }
-    }
     // setgroups must be denied before an unprivileged writer may write gid_map; the maps give
     // the payload exactly one id: the caller's.
     if let Err(e) = write_maps(pid, uid_map, gid_map) {
@@ -248,7 +239,25 @@ pub fn run(
             }
         }
     };
-    match hooks.released() {
+    // v1 hierarchies (hybrid/legacy) and the ENOSYS fallback: init joins the run's cgroups
+    // while STARTED is synced, and before Start lets it fork the payload, so nothing the
+    // payload runs escapes accounting. Moving a process between v1 cgroups waits for an RCU
+    // grace period (milliseconds); overlapping it with the audit sync takes it off the
+    // start-up path. Only init's own setup pages stay charged to the runner's cgroup.
+    let (released, placed) = std::thread::scope(|scope| {
+        let placing = cgroup
+            .as_deref()
+            .map(|cg| scope.spawn(move || cg.add_pid(pid as u32).map_err(|e| e.to_string())));
+        let released = hooks.released();
+        let placed = placing.map_or(Ok(()), |h| {
+            h.join()
+                .unwrap_or_else(|_| Err("the placing thread panicked".to_owned()))
+        });
+        (released, placed)
+    });
+    let ready = released
+        .and_then(|()| placed.map_err(|e| format!("placing init in the run's cgroup: {e}")));
+    match ready {
         Ok(()) => match parent_end.send(Msg::Start) {
             Ok(()) => report.started = true,
             Err(e) => report.error = Some(format!("starting the payload: {e}")),
