@@ -1,11 +1,17 @@
-//! Sentinel timing: an idle sentinel must not cost measurable CPU (it sleeps in poll between
-//! samples), and a halt lands within tens of ms of the breach. Its own test binary, with the
-//! tests serialized, so the only `calyx:sentinel` thread measured is the test's own and no
-//! other test's load skews the figures.
+//! Sentinel behaviour over time: an idle sentinel sleeps in poll between ticks and reports its
+//! samples, a breach is halted, a vanished cgroup does not wake it up in a loop. Its own test
+//! binary, with the tests serialized, so the only `calyx:sentinel` thread observed is the
+//! test's own.
+//!
+//! Nothing here asserts a duration or a CPU time (emulated VMs are ~13 times slower than this
+//! host): busy loops are caught by counting wake-ups, which depends on the tick schedule and
+//! not on speed. CPU cost and halt latency are printed for the record; they are measured by
+//! `cargo xtask bench`, not asserted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cgroup_support;
 
+use std::os::unix::process::ExitStatusExt;
 use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
@@ -13,29 +19,47 @@ use calyx::cgroup::{CgroupMode, LimitSpec};
 use calyx::lease::model::{HaltAction, HaltMetric, HaltRule};
 use calyx::sentinel::policy::HaltPolicy;
 use calyx::sentinel::stats::StatSource;
-use calyx::sentinel::watch::{self, SentinelEvent, WatchConfig};
+use calyx::sentinel::watch::{self, Applied, SentinelEvent, WatchConfig};
 use cgroup_support::{Run, Scratch};
 
 /// One timing test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// CPU time in ns (schedstat's first field) of this process's threads named `calyx:sentinel`.
-fn sentinel_cpu_ns() -> u64 {
-    let mut ns = 0;
+/// What the `calyx:sentinel` threads of this process have done so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct SentinelTicks {
+    /// CPU time in ns (schedstat's first field): printed, never asserted.
+    cpu_ns: u64,
+    /// Times the thread blocked (`voluntary_ctxt_switches`): one per sleep in poll, so one
+    /// per tick or event. A loop polling with a short timeout makes far more; a spin that
+    /// never sleeps makes none.
+    wakeups: u64,
+}
+
+fn sentinel_ticks() -> SentinelTicks {
+    let mut t = SentinelTicks::default();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if comm.trim() != "calyx:sentinel" {
             continue;
         }
         let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap();
-        ns += stat
+        t.cpu_ns += stat
             .split_whitespace()
             .next()
             .unwrap()
             .parse::<u64>()
             .unwrap();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        t.wakeups += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap();
     }
-    ns
+    t
 }
 
 #[test]
@@ -64,7 +88,7 @@ fn idle_sentinel_is_cheap_and_reports_samples() {
     };
     let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let cpu_ns = sentinel_cpu_ns();
+    let ticks = sentinel_ticks();
     let usage = sentinel.stop();
     let events: Vec<SentinelEvent> = rx.try_iter().collect();
     let monitored = events
@@ -72,8 +96,9 @@ fn idle_sentinel_is_cheap_and_reports_samples() {
         .filter(|e| e.event_name() == "resource_event.MONITORED")
         .count();
     eprintln!(
-        "idle sentinel: {} µs CPU in 2 s, {monitored} MONITORED, usage {usage:?}",
-        cpu_ns / 1000
+        "idle sentinel: {} µs CPU and {} wake-ups in 2 s, {monitored} MONITORED, usage {usage:?}",
+        ticks.cpu_ns / 1000,
+        ticks.wakeups
     );
     assert!(
         events
@@ -85,17 +110,23 @@ fn idle_sentinel_is_cheap_and_reports_samples() {
         (8..=11).contains(&monitored),
         "{monitored} samples at 200 ms over 2 s"
     );
-    // 80 rule ticks and 10 full samples in 2 s at the defaults; a busy loop would burn
-    // ~2 s. The bound is 1 % of a core (the SPEC's target, 0.5 %, is for release builds).
-    assert!(cpu_ns < 20_000_000, "idle sentinel used {cpu_ns} ns in 2 s");
+    // At most 80 rule ticks (25 ms) and 10 samples in 2 s, each one sleep in poll; a slower
+    // machine makes fewer, never more. Three times that still rules out a loop polling at
+    // 1 ms (2000), and a spin that never sleeps would make none.
+    assert!(
+        (1..=270).contains(&ticks.wakeups),
+        "idle sentinel woke {} times in 2 s",
+        ticks.wakeups
+    );
     assert!(usage.memory_peak.is_some() && usage.cpu_usec.is_some());
 }
 
-/// Halt latency as SPEC §4.4 defines it: from the breach being visible in the cgroup's files
-/// (watched here at 1 ms) to the payload being dead. Not a benchmark: one run, a loose bound
-/// for a shared host, and the figure printed.
+/// A memory breach halts the run: HALTED with the rule, the payload SIGKILLed. The latency
+/// (SPEC §4.4: from the breach being visible in the cgroup's files, watched here at 1 ms, to
+/// the payload being dead) is printed for the record, not asserted: one run on a shared or
+/// emulated machine is no measurement.
 #[test]
-fn halt_lands_within_tens_of_ms_of_the_breach() {
+fn memory_breach_is_halted_and_the_payload_killed() {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -129,9 +160,10 @@ fn halt_lands_within_tens_of_ms_of_the_breach() {
     run.release();
     let start = std::time::Instant::now();
     let mut visible = None;
-    let dead = loop {
+    let (dead, status) = loop {
+        // A generous limit so a broken halt fails instead of hanging; not a speed bound.
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_secs(120),
             "hog never halted"
         );
         if visible.is_none() {
@@ -144,29 +176,40 @@ fn halt_lands_within_tens_of_ms_of_the_breach() {
                 visible = Some(std::time::Instant::now());
             }
         }
-        if run.children[0].try_wait().unwrap().is_some() {
-            break std::time::Instant::now();
+        if let Some(status) = run.children[0].try_wait().unwrap() {
+            break (std::time::Instant::now(), status);
         }
         std::thread::sleep(Duration::from_millis(1));
     };
     sentinel.stop();
-    let breach_ms = rx.try_iter().find_map(|e| match e {
-        SentinelEvent::Halted { decision, .. } => Some(decision.breach_since_ms),
-        _ => None,
-    });
-    let breach_ms = breach_ms.expect("a HALTED event");
+    let events: Vec<SentinelEvent> = rx.try_iter().collect();
+    let (decision, applied) = events
+        .iter()
+        .find_map(|e| match e {
+            SentinelEvent::Halted { decision, applied } => Some((decision, applied)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no HALTED event: {events:?}"));
+    assert_eq!(
+        decision.rule.metric,
+        HaltMetric::MemoryPercent,
+        "{decision:?}"
+    );
+    assert!(matches!(applied, Applied::Killed(_)), "{applied:?}");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    assert!(
+        run.wait_empty(Duration::from_secs(10)),
+        "processes survived the halt"
+    );
+    let breach_ms = decision.breach_since_ms;
     // The breach became visible when the first observer saw it: this thread polling at 1 ms,
     // or the sentinel itself if this thread was descheduled at that moment (shared host).
     let by_sentinel = sentinel_epoch + Duration::from_millis(breach_ms);
     let visible = visible.map_or(by_sentinel, |v: std::time::Instant| v.min(by_sentinel));
     let latency = dead.duration_since(visible);
     eprintln!(
-        "halt latency: {} ms (default rule tick)",
+        "halt latency: {} ms (default rule tick; for the record only)",
         latency.as_millis()
-    );
-    assert!(
-        latency < Duration::from_millis(250),
-        "halt took {latency:?}"
     );
 }
 
@@ -194,15 +237,22 @@ fn sentinel_stays_quiet_when_its_cgroup_vanishes() {
     let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     run.cg.remove().unwrap();
-    let before = sentinel_cpu_ns();
+    let before = sentinel_ticks();
     std::thread::sleep(Duration::from_millis(500));
-    let spent = sentinel_cpu_ns() - before;
+    let after = sentinel_ticks();
     sentinel.stop();
     let events: Vec<SentinelEvent> = rx.try_iter().collect();
+    let wakeups = after.wakeups - before.wakeups;
     eprintln!(
-        "after removal: {} µs CPU in 500 ms, events {events:?}",
-        spent / 1000
+        "after removal: {} µs CPU and {wakeups} wake-ups in 500 ms, events {events:?}",
+        (after.cpu_ns - before.cpu_ns) / 1000
     );
-    assert!(spent < 10_000_000, "busy after removal: {spent} ns");
+    // At most 20 ticks of 25 ms in 500 ms. A PSI fd reporting an error on every poll makes
+    // poll return at once: a spin with no sleep at all, or thousands of wake-ups if the loop
+    // sleeps a little between its polls.
+    assert!(
+        (1..=60).contains(&wakeups),
+        "{wakeups} wake-ups in 500 ms after removal"
+    );
     assert!(events.len() <= 2, "{events:?}");
 }

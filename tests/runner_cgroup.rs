@@ -14,25 +14,50 @@ use std::time::{Duration, Instant};
 use runner_common::{As, Fixture, text};
 use serde_json::{Value, json};
 
+/// Mount points of the cgroup filesystems, from /proc/self/mountinfo: the cgroup2 mount (at
+/// /sys/fs/cgroup on a pure v2 host, /sys/fs/cgroup/unified on a hybrid one) and each v1
+/// hierarchy with its super options (`rw,memory`, `rw,xattr,name=systemd`).
+fn cgroup_mounts() -> (Option<PathBuf>, Vec<(PathBuf, Vec<String>)>) {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let (mut v2, mut v1) = (None, Vec::new());
+    for line in mi.lines() {
+        let (left, right) = line.split_once(" - ").unwrap();
+        let point = PathBuf::from(left.split_whitespace().nth(4).unwrap());
+        let mut r = right.split_whitespace();
+        match (r.next(), r.nth(1)) {
+            (Some("cgroup2"), _) => v2 = Some(point),
+            (Some("cgroup"), Some(opts)) => {
+                v1.push((point, opts.split(',').map(str::to_owned).collect()));
+            }
+            _ => {}
+        }
+    }
+    (v2, v1)
+}
+
 /// Every cgroup directory this process may hold (its own cgroup in each hierarchy), where
 /// calyx-run, started by us, creates its run cgroups.
 fn own_cgroup_dirs() -> Vec<PathBuf> {
+    let (v2, v1) = cgroup_mounts();
     let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let mut dirs = Vec::new();
     for line in cg.lines() {
         let mut it = line.splitn(3, ':');
         let (_, ctl, path) = (it.next(), it.next().unwrap(), it.next().unwrap());
-        let mount = match ctl {
-            "" => "unified".to_owned(),
-            c => c.trim_start_matches("name=").to_owned(),
+        let mount = if ctl.is_empty() {
+            v2.clone()
+        } else {
+            v1.iter()
+                .find(|(_, opts)| ctl.split(',').all(|c| opts.iter().any(|o| o == c)))
+                .map(|(p, _)| p.clone())
         };
-        let dir = Path::new("/sys/fs/cgroup")
-            .join(mount)
-            .join(path.trim_start_matches('/'));
-        if dir.is_dir() {
+        let Some(mount) = mount else { continue };
+        let dir = mount.join(path.trim_start_matches('/'));
+        if dir.is_dir() && !dirs.contains(&dir) {
             dirs.push(dir);
         }
     }
+    assert!(!dirs.is_empty(), "no cgroup directory of our own:\n{cg}");
     dirs
 }
 

@@ -148,10 +148,12 @@ impl Run {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("spawning {argv:?}: {e}"));
         let pid = child.id();
         self.children.push(child);
-        self.cg.add_pid(pid).unwrap();
+        self.cg
+            .add_pid(pid)
+            .unwrap_or_else(|e| panic!("placing {pid} ({}): {e}", argv[0]));
         pid
     }
 

@@ -289,9 +289,11 @@ sys.exit(42)
         "read"
     };
     let (mut ran, mut refused) = (0, 0);
+    // Up to 40 attempts in 8 s, but never fewer than 5 whatever they take: the count is what
+    // makes the race mean something, and an emulated VM runs a sandbox ~13 times slower.
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut leaked = None;
-    while Instant::now() < deadline && ran + refused < 40 {
+    while ran + refused < 5 || (Instant::now() < deadline && ran + refused < 40) {
         let argv = [common::PYTHON, "-c", &code, s(&data), mode];
         let out = sb.run_with_lease(user, &lease, &argv);
         if out.stdout.contains(&secret_value) || out.stderr.contains(&secret_value) {
@@ -315,10 +317,6 @@ sys.exit(42)
         "a run wrote the link's target through the swapped grant"
     );
     eprintln!("race ({mode}): {ran} runs, {refused} refusals, {flips} flips, no leak");
-    assert!(
-        ran + refused >= 5,
-        "too few runs to mean anything: {ran} + {refused}"
-    );
 }
 
 pub(crate) fn fill_tmp(user: User) {
