@@ -325,7 +325,7 @@ fn started_setuid(user: User) {
         .position(|a| Path::new(a) == common::run_bin())
         .unwrap();
     argv[at] = bin.clone().into_os_string();
-    let out = common::Running::start(&argv, &[], None).finish(common::RUN_DEADLINE);
+    let out = common::Running::start(&argv, &[], None).finish(common::run_deadline());
     assert!(
         matches!(out.code(), 77 | 78 | 125),
         "a setuid calyx-run did not refuse: {out}"

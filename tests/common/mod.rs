@@ -2,7 +2,7 @@
 //!
 //! Every run gets its own keys, trust policy, freshly issued and cosigned lease, state
 //! directory and audit log under a per-test temp dir, so tests never share a ledger. Runs are
-//! bounded on the test side ([`RUN_DEADLINE`]): a hung sandbox fails the test instead of
+//! bounded on the test side ([`run_deadline`]): a hung sandbox fails the test instead of
 //! hanging CI. Runs as `nobody` drop privileges with `setpriv`, the way an unprivileged CI job
 //! would start calyx-run.
 //!
@@ -23,8 +23,16 @@ use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// How long one calyx-run may take before the test gives up on it and kills it.
-pub const RUN_DEADLINE: Duration = Duration::from_secs(20);
+/// How long one calyx-run may take before the test gives up on it and kills it: 20 s on a
+/// host; 120 s inside the VM tier, whose software emulation runs a sandbox about 13 times
+/// slower (a 20 s bound there failed a healthy run on a loaded machine).
+pub fn run_deadline() -> Duration {
+    if std::env::var_os("CALYX_VM_KERNEL").is_some() {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(20)
+    }
+}
 
 /// The exit code every attack payload ends with when it got to its end: proves the payload ran
 /// and calyx passed its exit code through.
@@ -267,7 +275,7 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let status = match self.status {
             Some(s) => s.to_string(),
-            None => format!("KILLED by the test after {RUN_DEADLINE:?} (hung)"),
+            None => format!("KILLED by the test after {:?} (hung)", run_deadline()),
         };
         write!(
             f,
@@ -390,14 +398,14 @@ fn join_reader(handle: Option<JoinHandle<String>>, grace: Duration) -> String {
 /// Runs a host command to completion (bounded), as root.
 pub fn host(argv: &[&OsStr]) -> Outcome {
     let argv: Vec<OsString> = argv.iter().map(|a| a.to_os_string()).collect();
-    Running::start(&argv, &[], None).finish(RUN_DEADLINE)
+    Running::start(&argv, &[], None).finish(run_deadline())
 }
 
 /// Runs `calyx ARGS…` on the host as root and insists on success.
 pub fn calyx_ok<S: AsRef<OsStr>>(args: &[S]) -> Outcome {
     let mut argv = vec![calyx_bin().into_os_string()];
     argv.extend(args.iter().map(|a| a.as_ref().to_os_string()));
-    let out = Running::start(&argv, &[], None).finish(RUN_DEADLINE);
+    let out = Running::start(&argv, &[], None).finish(run_deadline());
     assert!(
         out.status.is_some_and(|s| s.success()),
         "calyx {argv:?} failed: {out}"

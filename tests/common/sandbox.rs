@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 use super::{
-    Outcome, PYTHON, RUN_DEADLINE, Running, User, calyx_ok, chown, run_bin, set_mode, unsandboxed,
+    Outcome, PYTHON, Running, User, calyx_ok, chown, run_bin, run_deadline, set_mode, unsandboxed,
 };
 
 /// Network mode of a lease.
@@ -455,12 +455,13 @@ impl Sandbox {
 
     /// Runs `cmd` in the sandbox as `user` with a fresh lease and waits (bounded).
     pub fn run_as(&mut self, user: User, cmd: &[&str]) -> Outcome {
-        self.spawn_as(user, cmd).finish(RUN_DEADLINE)
+        self.spawn_as(user, cmd).finish(run_deadline())
     }
 
     /// Runs `cmd` as `user` with the given lease and waits (bounded).
     pub fn run_with_lease(&mut self, user: User, lease: &Path, cmd: &[&str]) -> Outcome {
-        self.spawn_with_lease(user, lease, cmd).finish(RUN_DEADLINE)
+        self.spawn_with_lease(user, lease, cmd)
+            .finish(run_deadline())
     }
 
     /// Runs a Python payload (the prelude of [`PY_PRELUDE`] first) as `user`.

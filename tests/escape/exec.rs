@@ -125,7 +125,7 @@ pub(crate) fn setuid_binary(user: User) {
         // measures the sandbox and not a filesystem that ignores the bit.
         let mut argv = user.prefix();
         argv.extend([cat.clone().into_os_string(), "/proc/self/status".into()]);
-        let host = Running::start(&argv, &[], None).finish(common::RUN_DEADLINE);
+        let host = Running::start(&argv, &[], None).finish(common::run_deadline());
         assert_eq!(
             status_field(&host.stdout, "Uid:").get(1),
             Some(&"0"),
