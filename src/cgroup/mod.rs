@@ -25,7 +25,8 @@
 //! let spec = LimitSpec::from_lease(&lease.limits, io_device)?;
 //! let cg = Arc::new(RunCgroup::create(&layout, &CreateOptions { run_id, limits: &spec, … })?);
 //! let fd = cg.cgroup_fd_for_clone_into()?;   // clone3(CLONE_INTO_CGROUP) where Some (stage 4)
-//! cg.add_pid(child_pid)?;                    // v1 hierarchies, or ENOSYS fallback; before release
+//! let tasks = cg.v1_thread_files()?;          // v1: the child writes itself in (join_v1_self)
+//! cg.add_pid_v2(child_pid)?;                 // only the ENOSYS fallback; before release
 //! let sentinel = sentinel::watch::start(cg.clone(), config, tx)?;          // stage 7
 //! … wait …
 //! let usage = sentinel.stop();                                              // stage 15

@@ -60,10 +60,12 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
         path: dir.to_owned(),
         source,
     })?;
+    // The entry's own type (d_type) rather than a stat of each path: a cgroup directory holds
+    // dozens of files, and this runs before every sandbox starts.
     Ok(read
         .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
-        .filter(|p| p.is_dir())
         .collect())
 }
 

@@ -35,6 +35,8 @@ pub enum Step {
     Signals = 11,
     /// Seccomp in the payload.
     Seccomp = 12,
+    /// Joining the run's v1 cgroups.
+    JoinCgroup = 13,
 }
 
 impl Step {
@@ -53,6 +55,7 @@ impl Step {
             Step::Fork => "fork the payload",
             Step::Signals => "set up signals",
             Step::Seccomp => "apply seccomp",
+            Step::JoinCgroup => "join the run's cgroups",
         }
     }
 
@@ -71,6 +74,7 @@ impl Step {
             Fork,
             Signals,
             Seccomp,
+            JoinCgroup,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)

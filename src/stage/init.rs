@@ -46,8 +46,9 @@ fn at(step: Step) -> impl FnOnce(io::Error) -> (Step, i32) {
     move |e: io::Error| (step, e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Runs init; never returns.
-pub fn run_init(ctx: &InitContext, channel: Channel) -> ! {
+/// Runs init; never returns. `cgroup_tasks` are the run's v1 `tasks` files, opened by the
+/// parent, that init writes itself into first.
+pub fn run_init(ctx: &InitContext, channel: Channel, cgroup_tasks: Vec<std::fs::File>) -> ! {
     // Name it so `ps` on the host shows what this process is.
     let _ = sproc::set_name(c"calyx:[init]");
     // The runner dies → init dies → the kernel kills the whole pid namespace.
@@ -58,6 +59,18 @@ pub fn run_init(ctx: &InitContext, channel: Channel) -> ! {
         Ok(c) => c,
         Err(_) => sys::clone::exit_now(125),
     };
+    // Join the v1 cgroups before anything else, while init is still single-threaded and has
+    // run nothing of the payload: everything forked from here on is accounted and limited.
+    // (On v2, CLONE_INTO_CGROUP already placed init.)
+    if let Err(e) = crate::cgroup::run::join_v1_self(&cgroup_tasks) {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let _ = channel.send(Msg::SetupFailed {
+            step: Step::JoinCgroup,
+            errno,
+        });
+        sys::clone::exit_now(125);
+    }
+    drop(cgroup_tasks);
     let code = match init_main(ctx, &channel) {
         Ok(code) => code,
         Err((step, errno)) => {

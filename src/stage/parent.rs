@@ -180,12 +180,22 @@ pub fn run(
         Some(Ok(fd)) => fd,
         Some(Err(e)) => return fail(report, e.to_string()),
     };
+    // v1 hierarchies (hybrid/legacy): init moves itself in through these, first thing.
+    let cgroup_tasks = match cgroup.as_deref().map(RunCgroup::v1_thread_files) {
+        None => Vec::new(),
+        Some(Ok(files)) => files,
+        Some(Err(e)) => return fail(report, e.to_string()),
+    };
     // The only clone of the run; the parent is single-threaded here (the sentinel thread
     // starts after it). CLONE_INTO_CGROUP accounts init from its first instruction; only
-    // ENOSYS (no clone3) falls back to a plain clone plus add_pid below.
+    // ENOSYS (no clone3) falls back to a plain clone plus add_pid_v2 below.
+    let mut place_v2 = false;
     let cloned = match &cgroup_fd {
         Some(fd) => match clone3_into_cgroup(NS_FLAGS, fd.as_fd()) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => clone_into_namespaces(NS_FLAGS),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                place_v2 = true;
+                clone_into_namespaces(NS_FLAGS)
+            }
             other => other,
         },
         None => clone_into_namespaces(NS_FLAGS),
@@ -198,12 +208,13 @@ pub fn run(
             // Close the parent's end at once so init sees EOF if the parent dies.
             drop(parent_end);
             drop(sigfd);
-            init::run_init(ctx, init_end)
+            init::run_init(ctx, init_end, cgroup_tasks)
         }
         Ok(Cloned::Parent { pid, pidfd }) => (pid, pidfd),
     };
     drop(init_end);
     drop(cgroup_fd);
+    drop(cgroup_tasks);
     let kill_init = || {
         let _ = sproc::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
     };
@@ -239,15 +250,16 @@ pub fn run(
             }
         }
     };
-    // v1 hierarchies (hybrid/legacy) and the ENOSYS fallback: init joins the run's cgroups
-    // while STARTED is synced, and before Start lets it fork the payload, so nothing the
-    // payload runs escapes accounting. Moving a process between v1 cgroups waits for an RCU
-    // grace period (milliseconds); overlapping it with the audit sync takes it off the
-    // start-up path. Only init's own setup pages stay charged to the runner's cgroup.
+    // The ENOSYS fallback: init joins the v2 cgroup while STARTED is synced, and before
+    // Start lets it fork the payload, so nothing the payload runs escapes accounting. Moving
+    // another process waits for an RCU grace period (milliseconds); overlapping it with the
+    // audit sync takes it off the start-up path. Only init's own setup pages stay charged to
+    // the runner's cgroup.
     let (released, placed) = std::thread::scope(|scope| {
         let placing = cgroup
             .as_deref()
-            .map(|cg| scope.spawn(move || cg.add_pid(pid as u32).map_err(|e| e.to_string())));
+            .filter(|_| place_v2)
+            .map(|cg| scope.spawn(move || cg.add_pid_v2(pid as u32).map_err(|e| e.to_string())));
         let released = hooks.released();
         let placed = placing.map_or(Ok(()), |h| {
             h.join()
