@@ -343,6 +343,7 @@ fn run_planned(
         (Some(cgroup), Some(config)) => Some(parent::Watched {
             cgroup: Arc::new(cgroup),
             config,
+            sweep: resources.sweep,
         }),
         _ => None,
     };
@@ -369,6 +370,7 @@ fn run_planned(
         plan,
         enforcement: &enforcement,
     };
+    let mut teardown = parent::Teardown::default();
     let report: RunReport = parent::run(
         &ctx,
         plan.uid_map,
@@ -376,6 +378,7 @@ fn run_planned(
         timeout,
         &mut hooks,
         watched,
+        &mut teardown,
     );
     if let Some((level, abi)) = report.landlock {
         enforcement.landlock_reported(level, abi);
@@ -424,6 +427,7 @@ fn run_planned(
     if let Err(e) = audit.append(name, ids, fields, Durability::Synced) {
         eprintln!("calyx-run: {e}");
     }
+    teardown.wait();
     report.exit_code
 }
 

@@ -202,6 +202,12 @@ pub struct Sentinel {
 }
 
 impl Sentinel {
+    /// Ask the watcher to take its last reading and end, without waiting for it: called when
+    /// the payload has exited, so that reading overlaps the namespace teardown of init.
+    pub fn request_stop(&self) {
+        let _ = (&self.stop).write_all(b"x");
+    }
+
     /// Stop the watcher promptly and return the run's usage.
     pub fn stop(self) -> Usage {
         // The thread may already have ended; a closed peer is fine.

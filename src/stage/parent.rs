@@ -85,6 +85,8 @@ pub trait RunHooks {
 pub struct Watched {
     /// The cgroup the sandbox is cloned into.
     pub cgroup: Arc<RunCgroup>,
+    /// Parents to sweep for stale cgroups once the run is over.
+    pub sweep: Option<crate::cgroup::Layout>,
     /// Sentinel configuration; `kill_pid` is filled in after the clone.
     pub config: WatchConfig,
 }
@@ -142,6 +144,7 @@ pub fn run(
     timeout: Duration,
     hooks: &mut dyn RunHooks,
     watched: Option<Watched>,
+    teardown: &mut Teardown,
 ) -> RunReport {
     let mut report = RunReport {
         outcome: Outcome::SetupFailed,
@@ -172,8 +175,9 @@ pub fn run(
         Err(e) => return fail(report, format!("creating the channel: {e}")),
     };
     let cgroup = watched.as_ref().map(|w| Arc::clone(&w.cgroup));
+    let sweep = watched.as_ref().and_then(|w| w.sweep.clone());
     // Stage 15's removal happens however this function returns from here on.
-    let cleanup = CgroupGuard(cgroup.clone());
+    let mut cleanup = CgroupGuard(cgroup.clone());
     // Opened before the clone: the child must be born inside the cgroup (stage 4).
     let cgroup_fd = match cgroup.as_deref().map(RunCgroup::cgroup_fd_for_clone_into) {
         None => None,
@@ -366,7 +370,14 @@ pub fn run(
                 }
                 Ok(Some(Msg::HashMismatch)) => hash_mismatch = true,
                 Ok(Some(Msg::ExecFailed { errno })) => exec_errno = Some(errno),
-                Ok(Some(Msg::Exited { status })) => payload_status = Some(status),
+                Ok(Some(Msg::Exited { status })) => {
+                    payload_status = Some(status);
+                    // The payload is reaped: its usage is final, and the sentinel's last
+                    // reading can run while init's namespaces are torn down.
+                    if let Some(s) = &sentinel {
+                        s.request_stop();
+                    }
+                }
                 Ok(Some(Msg::Go | Msg::Start)) | Err(_) | Ok(None) => channel_open = false,
             }
             continue;
@@ -449,7 +460,60 @@ pub fn run(
             "the kernel's OOM killer killed {oom} process(es) at the run's memory limit"
         ));
     }
+    // The report is final; removing the cgroup (and sweeping stale ones) overlaps the sync
+    // of the closing audit record. The caller waits for it before exiting.
+    *teardown = Teardown::start(cleanup.0.take(), sweep);
     report
+}
+
+/// Stage 15's cgroup removal, and the sweep for cgroups of SIGKILLed runners, on a thread of
+/// its own. [`Teardown::wait`] (or dropping it) waits for both.
+#[derive(Debug, Default)]
+pub struct Teardown(Option<std::thread::JoinHandle<()>>);
+
+impl Teardown {
+    fn start(cgroup: Option<Arc<RunCgroup>>, sweep: Option<crate::cgroup::Layout>) -> Self {
+        if cgroup.is_none() && sweep.is_none() {
+            return Self(None);
+        }
+        let work = move || {
+            finish_cgroup(cgroup.as_deref());
+            if let Some(layout) = &sweep {
+                super::resources::sweep_stale(layout);
+            }
+        };
+        match std::thread::Builder::new()
+            .name("calyx:teardown".into())
+            .spawn(work)
+        {
+            Ok(h) => Self(Some(h)),
+            // No thread to be had: the work was moved into the failed spawn and is lost, so
+            // the next run's sweep removes the cgroup. Say so.
+            Err(e) => {
+                eprintln!(
+                    "calyx-run: starting the teardown thread: {e} (the next run removes the cgroup)"
+                );
+                Self(None)
+            }
+        }
+    }
+
+    /// Waits for the removal to finish.
+    pub fn wait(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        self.join();
+    }
 }
 
 struct Classify {

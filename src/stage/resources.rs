@@ -188,6 +188,8 @@ pub struct SetupInput<'a> {
 pub struct Resources {
     /// The run's cgroup, if one was created.
     pub cgroup: Option<RunCgroup>,
+    /// The cgroup parents, to sweep for cgroups left by SIGKILLed runners once this run ends.
+    pub sweep: Option<Layout>,
     /// The sentinel's configuration (with a cgroup only); kill_pid is set after the clone.
     pub watch: Option<WatchConfig>,
     /// rlimits to add to the payload's (fallback only).
@@ -231,7 +233,7 @@ pub fn setup(input: &SetupInput<'_>) -> Result<Resources, String> {
     let rules = policy::merge(&policy, &input.lease.halt, &limits)
         .map_err(|e| format!("halt rules: {e}"))?;
     match create(input, &limits) {
-        Ok(cg) => {
+        Ok((cg, layout)) => {
             let status = describe(&cg, &limits, rules.rules.len());
             let watch = WatchConfig {
                 rules: rules.rules,
@@ -240,6 +242,7 @@ pub fn setup(input: &SetupInput<'_>) -> Result<Resources, String> {
             };
             Ok(Resources {
                 cgroup: Some(cg),
+                sweep: Some(layout),
                 watch: Some(watch),
                 fallback: Vec::new(),
                 status,
@@ -253,6 +256,7 @@ pub fn setup(input: &SetupInput<'_>) -> Result<Resources, String> {
         Err(e) => match need {
             Need::BestEffort => Ok(Resources {
                 cgroup: None,
+                sweep: None,
                 watch: None,
                 fallback: Vec::new(),
                 status: format!(
@@ -268,6 +272,7 @@ pub fn setup(input: &SetupInput<'_>) -> Result<Resources, String> {
                     .map_err(|no| format!("{why}, but no cgroup could be created and {no}: {e}"))?;
                 Ok(Resources {
                     cgroup: None,
+                    sweep: None,
                     watch: None,
                     status: format!("fallback to rlimits ({}); {e}", describe_fallback(&rl)),
                     fallback: rl,
@@ -280,13 +285,9 @@ pub fn setup(input: &SetupInput<'_>) -> Result<Resources, String> {
     }
 }
 
-fn create(input: &SetupInput<'_>, limits: &Limits) -> Result<RunCgroup, CgroupError> {
+/// The run's cgroup and the layout it was made in (swept for stale cgroups after the run).
+fn create(input: &SetupInput<'_>, limits: &Limits) -> Result<(RunCgroup, Layout), CgroupError> {
     let layout = Layout::discover(Path::new("/"), input.cgroup_parent)?;
-    // A runner SIGKILLed mid-run leaves an empty cgroup behind; the next run removes it.
-    // Housekeeping only: a failure here must not stop this run, so it is reported and ignored.
-    if let Err(e) = cgroup::cleanup_stale(&layout, SystemTime::now(), STALE_MIN_AGE) {
-        eprintln!("calyx-run: cleaning stale cgroups: {e}");
-    }
     // io limits name a disk: the one holding the first write grant (where payload writes land;
     // /tmp is a tmpfs and does no block IO).
     let io_device = match limits.io_bps {
@@ -305,7 +306,7 @@ fn create(input: &SetupInput<'_>, limits: &Limits) -> Result<RunCgroup, CgroupEr
         }
     };
     let spec = LimitSpec::from_lease(limits, io_device)?;
-    RunCgroup::create(
+    let cg = RunCgroup::create(
         &layout,
         &CreateOptions {
             run_id: input.run_id,
@@ -316,7 +317,8 @@ fn create(input: &SetupInput<'_>, limits: &Limits) -> Result<RunCgroup, CgroupEr
             gid: input.gid,
             page_size: crate::sys::cgroup_sys::page_size(),
         },
-    )
+    )?;
+    Ok((cg, layout))
 }
 
 /// `v1 (memory,pids,cpu) + v2 kill/events; memory=… pids=… cpu=…; 3 halt rules; gaps: …`.
@@ -378,6 +380,14 @@ pub struct HaltInfo {
     pub threshold: f64,
     /// `kill` or `freeze` (or `failed` when the action could not be applied).
     pub applied: &'static str,
+}
+
+/// A runner SIGKILLed mid-run leaves an empty cgroup behind; a later run removes it, once the
+/// run is over (off its start-up path). Housekeeping only: a failure is reported, not fatal.
+pub fn sweep_stale(layout: &Layout) {
+    if let Err(e) = cgroup::cleanup_stale(layout, SystemTime::now(), STALE_MIN_AGE) {
+        eprintln!("calyx-run: cleaning stale cgroups: {e}");
+    }
 }
 
 #[cfg(test)]
