@@ -10,6 +10,7 @@
 pub mod policy;
 pub mod rules;
 pub mod stats;
+pub mod thresholds;
 pub mod watch;
 
 use std::io;

@@ -332,6 +332,14 @@ impl StatSource {
         }
     }
 
+    /// The v1 memory cgroup, where usage thresholds can be registered.
+    pub fn memory_v1(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::V1 { memory, .. } => memory.as_deref(),
+            Self::V2 { .. } => None,
+        }
+    }
+
     /// Files whose modification signals an event worth an immediate look.
     pub fn event_files(&self) -> Vec<PathBuf> {
         let (dirs, names): (Vec<&PathBuf>, &[&str]) = match self {

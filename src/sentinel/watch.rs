@@ -20,6 +20,7 @@ use serde::Serialize;
 use super::SentinelError;
 use super::rules::{Decision, Evaluator};
 use super::stats::{Sample, StatSource};
+use super::thresholds::{self, MemThresholds};
 use crate::cgroup::{CgroupError, FreezeMethod, KillMethod, RunCgroup};
 use crate::lease::model::{HaltAction, HaltMetric, HaltRule};
 use crate::sys::cgroup_sys::{self, Inotify, Interest};
@@ -231,6 +232,30 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Registers the v1 memory thresholds of `rules` (see [`super::thresholds`]); a failure is
+/// reported as `Degraded` and the rules run on the tick alone.
+fn memory_thresholds(
+    source: &StatSource,
+    rules: &[HaltRule],
+    first: &Sample,
+    tx: &Sender<SentinelEvent>,
+) -> Option<MemThresholds> {
+    let (Some(dir), Some(limit)) = (source.memory_v1(), first.memory_limit) else {
+        return None;
+    };
+    match thresholds::register(dir, &thresholds::threshold_bytes(rules, limit)) {
+        Ok(t) => t,
+        Err(source) => {
+            let _ = tx.send(SentinelEvent::Degraded {
+                what: "memory thresholds",
+                path: dir.join("cgroup.event_control"),
+                source,
+            });
+            None
+        }
+    }
+}
+
 /// Start the watcher on `cgroup`, reporting to `tx`.
 pub fn start(
     cgroup: Arc<RunCgroup>,
@@ -333,6 +358,8 @@ fn watch_loop(
     let mut first = true;
     let mut calm = false;
     let mut read_failing = false;
+    // v1 memory thresholds, registered after the first sample (it carries the limit).
+    let mut thresholds: Option<MemThresholds> = None;
     loop {
         let now = Instant::now();
         // Sleep until the next rule tick, MONITORED sample or pending rule deadline.
@@ -356,7 +383,11 @@ fn watch_loop(
             events = Some(EventSources::open(source, config, tx));
         }
         let mut fds = vec![(stop.as_fd(), Interest::Readable)];
-        let (mut inotify_at, mut psi_at) = (None, None);
+        let (mut inotify_at, mut psi_at, mut threshold_at) = (None, None, None);
+        if let Some(t) = &thresholds {
+            threshold_at = Some(fds.len());
+            fds.push((t.efd.as_fd(), Interest::Readable));
+        }
         if let Some(ev) = &events {
             if let Some(i) = &ev.inotify {
                 inotify_at = Some(fds.len());
@@ -384,7 +415,11 @@ fn watch_loop(
         if state(0).event || state(0).failed {
             break;
         }
-        let inotify_woke = inotify_at.is_some_and(|i| state(i).event);
+        let threshold_woke = threshold_at.is_some_and(|i| state(i).event);
+        if let (true, Some(t)) = (threshold_woke, &thresholds) {
+            t.efd.drain();
+        }
+        let inotify_woke = inotify_at.is_some_and(|i| state(i).event) || threshold_woke;
         if let Some(ev) = &mut events {
             if let (true, Some(i)) = (inotify_woke, &ev.inotify) {
                 i.drain();
@@ -418,6 +453,9 @@ fn watch_loop(
             }
         };
         if full_due {
+            if first {
+                thresholds = memory_thresholds(source, &config.rules, &sample, tx);
+            }
             last_full = sample.clone();
             first = false;
         }

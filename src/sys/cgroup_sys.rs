@@ -99,6 +99,40 @@ impl AsFd for Inotify {
     }
 }
 
+/// An eventfd (non-blocking, close-on-exec): the kernel's v1 memory-threshold notifications
+/// arrive on one.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    /// Create one with a zero counter.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd takes an initial value and flags and returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by eventfd and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    /// Reset the counter (a no-op when nothing was signalled).
+    pub fn drain(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: buf is a writable 8-byte buffer, the size an eventfd read requires.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// What to wait for on one fd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interest {
