@@ -658,3 +658,44 @@ fn killed_runner_leaves_unfinished_run(user: User) {
     assert_eq!(next.seq, r.last_seq.unwrap() + 1);
     assert!(check(&log).intact());
 }
+
+/// The cost of one append on /var/tmp (a disk, unlike /tmp on many hosts): lock, tail read,
+/// write and, for Synced, fdatasync. Prints the figures the README quotes; the bound only
+/// catches a pathological regression (a full-file read per append, a lost lock).
+#[test]
+fn append_cost() {
+    let dir = tempfile::Builder::new()
+        .prefix("calyx-audit-bench-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut log = AuditLog::open(&path, "h".into()).unwrap();
+    // A STARTED-sized record (argv, profile, enforcement: about 1 KiB).
+    let fields = json!({"argv": ["/usr/bin/make", "test"], "enforcement": "x".repeat(1000)});
+    let mut time = |d: Durability| {
+        let mut t: Vec<Duration> = (0..200)
+            .map(|_| {
+                let s = Instant::now();
+                log.append(names::EXEC_STARTED, &ids("RUN-b"), fields.clone(), d)
+                    .unwrap();
+                s.elapsed()
+            })
+            .collect();
+        t.sort();
+        (t[t.len() / 2], t[t.len() * 9 / 10])
+    };
+    let (synced, synced_p90) = time(Durability::Synced);
+    let (buffered, buffered_p90) = time(Durability::Buffered);
+    eprintln!(
+        "append on /var/tmp, 200 each: Synced median {synced:?} (p90 {synced_p90:?}); Buffered median {buffered:?} (p90 {buffered_p90:?})"
+    );
+    assert!(check(&path).intact());
+    assert!(
+        buffered < Duration::from_millis(5),
+        "buffered append {buffered:?}"
+    );
+    assert!(
+        synced < Duration::from_millis(250),
+        "synced append {synced:?}"
+    );
+}
