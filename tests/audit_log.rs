@@ -24,6 +24,7 @@ both_users!(
     killed_runner_leaves_unfinished_run,
     read_only_audit_log_refuses_the_run,
     full_disk_refuses_the_run,
+    started_record_lost_refuses_the_run,
 );
 
 fn ids(run: &str) -> RunIds {
@@ -606,6 +607,58 @@ fn full_disk_refuses_the_run(user: User) {
         !marker.exists(),
         "the payload ran without its audit record: {out}"
     );
+}
+
+/// The disk fills up between `lease_event.VERIFIED` and `exec_event.STARTED`: the STARTED
+/// write comes up short, so the payload must not start.
+fn started_record_lost_refuses_the_run(user: User) {
+    let (mut sb, marker, argv) = marked(user);
+    // A normal run first, to learn the sizes of this scenario's VERIFIED and STARTED lines.
+    let probe_dir = sb.mkdir("probe", 0o755);
+    chown(&probe_dir, user.uid());
+    let probe = probe_dir.join("audit.jsonl");
+    let out = run_with_audit(&mut sb, user, &argv, &probe);
+    out.assert_code(0);
+    fs::remove_file(&marker).unwrap();
+    let len_of = |event: &str| {
+        lines_of(&probe)
+            .iter()
+            .find(|l| l.contains(event))
+            .map(|l| l.len() + 1)
+            .unwrap()
+    };
+    let (verified, started) = (len_of(names::LEASE_VERIFIED), len_of(names::EXEC_STARTED));
+    assert!(started > verified + 200, "{verified} {started}");
+
+    let fs_dir = Tmpfs::mount(sb.root().join("tight"), "64k");
+    chown(&fs_dir.0, user.uid());
+    let audit = fs_dir.0.join("audit.jsonl");
+    // A first line padded so the log's last page has room for VERIFIED and not STARTED.
+    let room = verified + 100;
+    let head = format!("{{\"seq\":1,\"prev\":\"{GENESIS}\",\"pad\":\"\"}}");
+    let pad = 4096 - room - head.len() - 1;
+    let first = format!(
+        "{{\"seq\":1,\"prev\":\"{GENESIS}\",\"pad\":\"{}\"}}\n",
+        "x".repeat(pad)
+    );
+    fs::write(&audit, &first).unwrap();
+    chown(&audit, user.uid());
+    let chunk = vec![0u8; 4096];
+    let mut filler = fs::File::create(fs_dir.0.join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    drop(filler);
+
+    let out = run_with_audit(&mut sb, user, &argv, &audit);
+    out.assert_code(125).assert_stderr_has("bytes written");
+    assert!(
+        !marker.exists(),
+        "the payload ran without its STARTED record: {out}"
+    );
+    let text = fs::read_to_string(&audit).unwrap();
+    assert!(text.contains(names::LEASE_VERIFIED), "{text}");
+    // STARTED is there only as a fragment, which verify reports.
+    let r = check(&audit);
+    assert_broken(&r, &audit, 3, BreakKind::Torn);
 }
 
 fn killed_runner_leaves_unfinished_run(user: User) {

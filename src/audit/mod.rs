@@ -309,9 +309,10 @@ impl AuditLog {
         let n =
             crate::sys::fs::write_once(self.file.as_fd(), &buf).map_err(|e| werr("writing", e))?;
         if n != buf.len() {
+            let why = format!("only {n} of {} bytes written (disk full?)", buf.len());
             return Err(werr(
-                "writing (short write)",
-                io::Error::from(io::ErrorKind::WriteZero),
+                "writing",
+                io::Error::new(io::ErrorKind::WriteZero, why),
             ));
         }
         if durability == Durability::Synced {
