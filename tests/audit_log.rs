@@ -752,3 +752,46 @@ fn append_cost() {
         "synced append {synced:?}"
     );
 }
+
+/// Real processes: calyx-run instances started together append to one log (rotating small)
+/// and the chain holds every record of every run.
+#[test]
+fn concurrent_runners_share_one_chain() {
+    if !common::tier_ready(User::Root, "concurrent_runners_share_one_chain") {
+        return;
+    }
+    const RUNS: usize = 12;
+    let mut sb = Sandbox::new().commands(&["/usr/bin/true"]);
+    let audit = sb.root().join("shared/audit.jsonl");
+    let env = [("CALYX_AUDIT_ROTATE_BYTES".to_owned(), "6000".to_owned())];
+    let running: Vec<Running> = (0..RUNS)
+        .map(|_| {
+            let lease = sb.prepared_lease();
+            let mut argv = sb.run_argv(User::Root, &lease, &["/usr/bin/true"]);
+            let at = argv.iter().position(|a| a == "--audit-log").unwrap();
+            argv[at + 1] = OsString::from(&audit);
+            Running::start(&argv, &env, None)
+        })
+        .collect();
+    for r in running {
+        r.finish(run_deadline()).assert_code(0);
+    }
+    let r = check(&audit);
+    assert!(r.intact(), "{r:?}");
+    assert!(r.files.len() > 1, "no rotation: {:?}", r.files);
+    assert!(r.unfinished.is_empty(), "{:?}", r.unfinished);
+    // VERIFIED, STARTED and FINISHED of every run.
+    let mut events = Vec::new();
+    for f in &r.files {
+        events.extend(lines_of(f));
+    }
+    for name in [
+        names::LEASE_VERIFIED,
+        names::EXEC_STARTED,
+        names::EXEC_FINISHED,
+    ] {
+        let n = events.iter().filter(|l| l.contains(name)).count();
+        assert_eq!(n, RUNS, "{name}");
+    }
+    assert_eq!(r.lines as usize, events.len());
+}
