@@ -218,10 +218,9 @@ impl AuditLog {
         fields: Value,
         durability: Durability,
     ) -> Result<Appended, AuditError> {
-        let now = OffsetDateTime::now_utc();
         for _ in 0..MAX_REOPEN {
             self.lock_current()?;
-            let step = self.append_locked(now, event, ids, &fields, durability);
+            let step = self.append_locked(event, ids, &fields, durability);
             // Closing would release the lock too; unlocking now lets waiters in sooner.
             let _ = crate::sys::lock::unlock(self.file.as_fd());
             match step? {
@@ -269,7 +268,6 @@ impl AuditLog {
 
     fn append_locked(
         &mut self,
-        now: OffsetDateTime,
         event: &str,
         ids: &RunIds,
         fields: &Value,
@@ -293,6 +291,8 @@ impl AuditLog {
             prev,
             torn: tail.torn,
         };
+        // The time is taken under the lock, so it never goes backwards along the chain.
+        let now = OffsetDateTime::now_utc();
         let line = encode_line(now, &self.host, event, ids, fields.clone(), &link)?;
         let mut buf = Vec::with_capacity(line.len() + 1);
         if tail.torn.is_some() {
