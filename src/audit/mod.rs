@@ -1,14 +1,24 @@
-//! The audit log: JSON Lines, one event per line, appended.
+//! The audit log: JSON Lines, one event per line, hash-chained, appended under a lock.
 //!
-//! Every event goes through [`AuditLog::append`], the single write path, so hash chaining and
-//! locking (a later issue) are a local change there. Each line is written with one `write(2)` on
-//! an `O_APPEND` descriptor, so concurrent runners never interleave inside a line; events that
-//! gate or close a run are `fdatasync`ed before calyx goes on.
+//! Every event goes through [`AuditLog::append`], the single write path. Under an exclusive
+//! `flock` on the log file it reads the last line's `seq` and hash from the tail (`pread`, never
+//! the whole file), writes the new line with one `write(2)` and, for [`Durability::Synced`],
+//! `fdatasync`s it. Chain fields and the tail: [`chain`]; rotation by size: [`rotate`];
+//! `calyx audit verify`: [`verify`].
+//!
+//! A write cut short (runner killed mid-write, disk full) leaves an unterminated fragment. The
+//! next append seals it: it writes a newline first, links its line to the last complete line
+//! before the fragment, and records the fragment's offset and length in `torn_tail`, so the
+//! chain stays checkable and `calyx audit verify` reports where a record was lost.
+
+pub mod chain;
+pub mod rotate;
+pub mod verify;
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -17,12 +27,16 @@ use thiserror::Error;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use chain::{GENESIS, Torn};
+
 /// Event names (SPEC §5, kept from the system calyx replaces).
 pub mod names {
     /// Lease verified and argv allowed.
     pub const LEASE_VERIFIED: &str = "lease_event.VERIFIED";
     /// Lease or run refused.
     pub const LEASE_REJECTED: &str = "lease_event.REJECTED";
+    /// Lease revoked.
+    pub const LEASE_REVOKED: &str = "lease_event.REVOKED";
     /// Payload about to start.
     pub const EXEC_STARTED: &str = "exec_event.STARTED";
     /// Run ended (any outcome but timeout).
@@ -35,6 +49,8 @@ pub mod names {
     pub const RESOURCE_MONITORED: &str = "resource_event.MONITORED";
     /// A sentinel rule froze or killed the run.
     pub const RESOURCE_HALTED: &str = "resource_event.HALTED";
+    /// An artifact was copied into the content-addressed store.
+    pub const ARTIFACT_PERSISTED: &str = "artifact_event.PERSISTED";
 }
 
 /// Writing the audit log failed.
@@ -50,7 +66,7 @@ pub enum AuditError {
         /// Cause.
         source: io::Error,
     },
-    /// Writing or syncing a line failed.
+    /// Locking, reading the tail, writing or syncing failed.
     #[error("{op} audit log {path}: {source}")]
     Write {
         /// Operation.
@@ -67,6 +83,34 @@ pub enum AuditError {
         event: String,
         /// Cause.
         source: serde_json::Error,
+    },
+    /// The last line of the log is not a chained record, so there is nothing to link to.
+    #[error(
+        "cannot continue the hash chain of audit log {path}: {why}; check it with `calyx audit verify {path}` and move it aside"
+    )]
+    Tail {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong with the last line.
+        why: String,
+    },
+    /// The rotation size in the environment is not a number of bytes.
+    #[error("{env}={value:?} is not a number of bytes", env = rotate::ROTATE_ENV)]
+    RotateSize {
+        /// The value found.
+        value: String,
+    },
+    /// The name a full log would be rotated to is taken.
+    #[error("rotating the audit log: {path} already exists and is not replaced")]
+    RotateTarget {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// The log kept being replaced between opening and locking it.
+    #[error("locking audit log {path}: the file kept being replaced (rotation loop)")]
+    Unstable {
+        /// Path.
+        path: PathBuf,
     },
 }
 
@@ -90,16 +134,51 @@ pub enum Durability {
     Synced,
 }
 
+/// Where a line sits in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// 1-based sequence number, continuing across rotated files.
+    pub seq: u64,
+    /// Hash of the previous line, or [`GENESIS`].
+    pub prev: String,
+    /// A torn fragment this line seals (written right before it).
+    pub torn: Option<Torn>,
+}
+
+/// A line just written: its position and hash, for receipts to bind to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The line's `seq`.
+    pub seq: u64,
+    /// Lowercase hex SHA-256 of the line's bytes without its trailing newline.
+    pub hash: String,
+}
+
+/// How many times one append may find the log replaced under it before giving up.
+const MAX_REOPEN: u32 = 64;
+
 /// An open audit log.
 pub struct AuditLog {
     file: File,
     path: PathBuf,
     host: String,
+    rotate_bytes: u64,
+    /// This handle created the file: its directory entry is synced with the next synced line.
+    created: bool,
+}
+
+/// One pass of an append under the lock.
+enum Step {
+    Written(Appended),
+    Rotated,
 }
 
 impl AuditLog {
-    /// Opens (creating if needed, mode 0600, directory 0700) `path` for appending.
+    /// Opens (creating if needed, mode 0600, directory 0700) `path` for appending, with the
+    /// rotation size from `CALYX_AUDIT_ROTATE_BYTES` (default 64 MiB, `0` = never).
     pub fn open(path: &Path, host: String) -> Result<AuditLog, AuditError> {
+        let rotate_bytes =
+            rotate::rotate_bytes_from(std::env::var(rotate::ROTATE_ENV).ok().as_deref())?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -111,53 +190,194 @@ impl AuditLog {
                     source,
                 })?;
         }
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|source| AuditError::Open {
-                op: "opening",
-                path: path.to_owned(),
-                source,
-            })?;
+        let (file, created) = open_log(path)?;
         Ok(AuditLog {
             file,
             path: path.to_owned(),
             host,
+            rotate_bytes,
+            created,
         })
     }
 
-    /// Appends one event: the only write path of the log.
+    /// Sets the rotation size in bytes (`0`: never rotate).
+    pub fn set_rotate_bytes(&mut self, bytes: u64) {
+        self.rotate_bytes = bytes;
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one event: the only write path of the log. Returns the line's `seq` and hash.
     pub fn append(
         &mut self,
         event: &str,
         ids: &RunIds,
         fields: Value,
         durability: Durability,
-    ) -> Result<(), AuditError> {
-        let line = encode_line(OffsetDateTime::now_utc(), &self.host, event, ids, fields)?;
+    ) -> Result<Appended, AuditError> {
+        for _ in 0..MAX_REOPEN {
+            self.lock_current()?;
+            let step = self.append_locked(event, ids, &fields, durability);
+            // Closing would release the lock too; unlocking now lets waiters in sooner.
+            let _ = crate::sys::lock::unlock(self.file.as_fd());
+            match step? {
+                Step::Written(appended) => return Ok(appended),
+                Step::Rotated => continue,
+            }
+        }
+        Err(AuditError::Unstable {
+            path: self.path.clone(),
+        })
+    }
+
+    /// Takes the lock on the file that is at `path` now: a rotation may have renamed the file
+    /// this handle holds, and a lock on the rotated file serializes nothing.
+    fn lock_current(&mut self) -> Result<(), AuditError> {
+        let werr = |op: &'static str, path: &Path, source| AuditError::Write {
+            op,
+            path: path.to_owned(),
+            source,
+        };
+        for _ in 0..MAX_REOPEN {
+            crate::sys::lock::lock_exclusive(self.file.as_fd())
+                .map_err(|e| werr("locking", &self.path, e))?;
+            let held = self
+                .file
+                .metadata()
+                .map_err(|e| werr("inspecting", &self.path, e))?;
+            match self.path.symlink_metadata() {
+                Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(werr("inspecting", &self.path, e)),
+            }
+            let _ = crate::sys::lock::unlock(self.file.as_fd());
+            // Reopened after a rotation: whoever created the new file, its directory entry
+            // must be durable before a synced line in it counts as written.
+            let (file, _) = open_log(&self.path)?;
+            self.file = file;
+            self.created = true;
+        }
+        Err(AuditError::Unstable {
+            path: self.path.clone(),
+        })
+    }
+
+    fn append_locked(
+        &mut self,
+        event: &str,
+        ids: &RunIds,
+        fields: &Value,
+        durability: Durability,
+    ) -> Result<Step, AuditError> {
+        let tail = chain::read_tail(&self.file, &self.path)?;
+        // A full file is rotated before the line is written; never one ending in a fragment,
+        // which is sealed here first so no rotated file ends torn.
+        if let Some(last) = &tail.last {
+            if self.rotate_bytes > 0 && tail.size >= self.rotate_bytes && tail.torn.is_none() {
+                rotate::rotate(&self.path, last.seq)?;
+                return Ok(Step::Rotated);
+            }
+        }
+        let (seq, prev) = match tail.last {
+            Some(last) => (last.seq + 1, last.hash),
+            None => self.previous_file_tail()?,
+        };
+        let link = Link {
+            seq,
+            prev,
+            torn: tail.torn,
+        };
+        // The time is taken under the lock, so it never goes backwards along the chain.
+        let now = OffsetDateTime::now_utc();
+        let line = encode_line(now, &self.host, event, ids, fields.clone(), &link)?;
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        if tail.torn.is_some() {
+            buf.push(b'\n');
+        }
+        buf.extend_from_slice(line.as_bytes());
         let werr = |op: &'static str, source| AuditError::Write {
             op,
             path: self.path.clone(),
             source,
         };
-        // One write(2) for the whole line: O_APPEND makes it atomic with respect to other
-        // appenders, and a short write is an error rather than a torn line we continue after.
-        let n = crate::sys::fs::write_once(self.file.as_fd(), line.as_bytes())
-            .map_err(|e| werr("writing", e))?;
-        if n != line.len() {
-            return Err(AuditError::Write {
-                op: "writing (short write)",
-                path: self.path.clone(),
-                source: io::Error::from(io::ErrorKind::WriteZero),
-            });
+        // One write(2) for the whole line (and the seal): under the lock nobody else writes,
+        // and a short write is an error; its fragment is sealed by the next append.
+        let n =
+            crate::sys::fs::write_once(self.file.as_fd(), &buf).map_err(|e| werr("writing", e))?;
+        if n != buf.len() {
+            let why = format!("only {n} of {} bytes written (disk full?)", buf.len());
+            return Err(werr(
+                "writing",
+                io::Error::new(io::ErrorKind::WriteZero, why),
+            ));
         }
         if durability == Durability::Synced {
             crate::sys::fs::fdatasync(self.file.as_fd()).map_err(|e| werr("syncing", e))?;
+            if self.created {
+                rotate::sync_dir(&self.path).map_err(|e| werr("syncing the directory of", e))?;
+                self.created = false;
+            }
         }
-        Ok(())
+        let text = line.strip_suffix('\n').unwrap_or(&line);
+        Ok(Step::Written(Appended {
+            seq,
+            hash: chain::line_hash(text.as_bytes()),
+        }))
+    }
+
+    /// The chain position to continue from when the current file has no complete line: the
+    /// last line of the newest rotated file, or the genesis of a new chain.
+    fn previous_file_tail(&self) -> Result<(u64, String), AuditError> {
+        let Some((_, newest)) = rotate::rotated_files(&self.path)?.pop() else {
+            return Ok((1, GENESIS.to_owned()));
+        };
+        let file = File::open(&newest).map_err(|source| AuditError::Open {
+            op: "opening the rotated",
+            path: newest.clone(),
+            source,
+        })?;
+        match chain::read_tail(&file, &newest)?.last {
+            Some(last) => Ok((last.seq + 1, last.hash)),
+            None => Err(AuditError::Tail {
+                path: newest,
+                why: "the newest rotated file holds no complete line".to_owned(),
+            }),
+        }
+    }
+}
+
+/// Opens the log for appending, creating it (0600) when missing; says whether it created it.
+fn open_log(path: &Path) -> Result<(File, bool), AuditError> {
+    let open = |create: bool| {
+        // Read too: the tail is read through the same descriptor that is locked.
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(create)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let oerr = |source| AuditError::Open {
+        op: "opening",
+        path: path.to_owned(),
+        source,
+    };
+    match open(false) {
+        Ok(f) => Ok((f, false)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match open(true) {
+            Ok(f) => Ok((f, true)),
+            // Another process created it in between.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                open(false).map(|f| (f, false)).map_err(oerr)
+            }
+            Err(e) => Err(oerr(e)),
+        },
+        Err(e) => Err(oerr(e)),
     }
 }
 
@@ -168,12 +388,21 @@ pub fn encode_line(
     event: &str,
     ids: &RunIds,
     fields: Value,
+    link: &Link,
 ) -> Result<String, AuditError> {
     let enc = |source| AuditError::Encode {
         event: event.to_owned(),
         source,
     };
     let mut obj = Map::new();
+    obj.insert("seq".into(), Value::from(link.seq));
+    obj.insert("prev".into(), Value::String(link.prev.clone()));
+    if let Some(t) = link.torn {
+        obj.insert(
+            "torn_tail".into(),
+            serde_json::json!({"offset": t.offset, "bytes": t.bytes}),
+        );
+    }
     obj.insert(
         "time".into(),
         Value::String(now.format(&Rfc3339).unwrap_or_default()),
@@ -191,7 +420,7 @@ pub fn encode_line(
     );
     if let Value::Object(extra) = fields {
         for (k, v) in extra {
-            // The common keys above are authoritative; an event field cannot overwrite them.
+            // The common and chain keys above are authoritative; a field cannot overwrite them.
             obj.entry(k).or_insert(v);
         }
     }
@@ -217,7 +446,12 @@ mod tests {
             "h",
             names::EXEC_STARTED,
             &ids,
-            serde_json::json!({"argv": ["a\nb"], "event": "forged"}),
+            serde_json::json!({"argv": ["a\nb"], "event": "forged", "seq": 9}),
+            &Link {
+                seq: 1,
+                prev: GENESIS.into(),
+                torn: None,
+            },
         )
         .unwrap();
         assert!(line.ends_with('\n'));
@@ -232,6 +466,9 @@ mod tests {
         assert_eq!(v["intent_id"], Value::Null);
         assert_eq!(v["time"], "1970-01-01T00:00:00Z");
         assert_eq!(v["argv"][0], "a\nb");
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["prev"], GENESIS);
+        assert!(v.get("torn_tail").is_none());
     }
 
     #[test]

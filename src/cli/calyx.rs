@@ -61,6 +61,9 @@ pub enum Command {
         #[arg(long, default_value = "default")]
         profile: String,
     },
+    /// The audit log: verify its hash chain, or read it.
+    #[command(subcommand)]
+    Audit(super::calyx_audit::AuditCommand),
 }
 
 /// `calyx key …`
@@ -201,6 +204,9 @@ pub fn run(cli: Cli) -> ExitCode {
     if let Command::Doctor { json, profile } = &cli.command {
         return ExitCode::from(super::doctor::run(*json, profile));
     }
+    if let Command::Audit(cmd) = cli.command {
+        return ExitCode::from(super::calyx_audit::run(cmd));
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -225,7 +231,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             lease_verify(&file, trust, json)
         }
         Command::Lease(LeaseCommand::Show { file, trust, json }) => lease_show(&file, trust, json),
-        Command::Doctor { .. } => Ok(()),
+        Command::Doctor { .. } | Command::Audit(_) => Ok(()),
     }
 }
 

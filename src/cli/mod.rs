@@ -1,6 +1,7 @@
 //! Command-line front ends. Parsing here is pure (clap only); the work starts in `run`.
 
 pub mod calyx;
+pub mod calyx_audit;
 mod calyx_issue;
 mod calyx_show;
 mod calyx_split;

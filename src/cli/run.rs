@@ -450,6 +450,7 @@ impl parent::RunHooks for Hooks<'_> {
                 json!({"argv": self.plan.argv, "profile": self.plan.profile, "enforcement": self.enforcement}),
                 Durability::Synced,
             )
+            .map(drop)
             .map_err(|e| e.to_string())
     }
 

@@ -8,6 +8,7 @@
 pub mod cgroup_sys;
 pub mod clone;
 pub mod fs;
+pub mod lock;
 pub mod net;
 pub mod proc;
 pub mod proc_ctl;
