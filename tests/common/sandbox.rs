@@ -87,38 +87,27 @@ impl Sandbox {
         set_mode(&keys, 0o700);
         let human_key = keys.join("alice.key");
         let agent_key = keys.join("cp14.key");
-        calyx_ok(&[
-            OsStr::new("key"),
-            "gen".as_ref(),
-            "--out".as_ref(),
-            human_key.as_os_str(),
-        ]);
-        calyx_ok(&[
-            OsStr::new("key"),
-            "gen".as_ref(),
-            "--out".as_ref(),
-            agent_key.as_os_str(),
-        ]);
         let trust = dir.path().join("trust.toml");
-        for (key, id, role) in [
-            (&human_key, "alice", "human"),
-            (&agent_key, "cp14", "agent"),
+        // The keys and policy come from the real CLI once per test binary and are copied into
+        // each scenario: four process starts fewer per scenario, which is most of the cost of
+        // the short runs under the emulated VM tier.
+        let fx = key_fixture();
+        for (path, bytes, mode) in [
+            (&human_key, &fx.human, 0o600),
+            (&agent_key, &fx.agent, 0o600),
         ] {
-            let mut public = key.clone().into_os_string();
+            write_new(path, bytes, mode);
+            let mut public = path.clone().into_os_string();
             public.push(".pub");
-            calyx_ok(&[
-                OsStr::new("trust"),
-                "add".as_ref(),
-                "--policy".as_ref(),
-                trust.as_os_str(),
-                "--pub".as_ref(),
-                &public,
-                "--id".as_ref(),
-                id.as_ref(),
-                "--role".as_ref(),
-                role.as_ref(),
-            ]);
+            let public = PathBuf::from(public);
+            let pub_bytes = if path == &human_key {
+                &fx.human_pub
+            } else {
+                &fx.agent_pub
+            };
+            write_new(&public, pub_bytes, 0o644);
         }
+        write_new(&trust, &fx.trust, 0o644);
         set_mode(&trust, 0o644);
         Sandbox {
             dir,
@@ -499,3 +488,77 @@ def attempt(tag, fn):
     except OSError as e:
         print(f"{tag}: {errno.errorcode.get(e.errno, e.errno)}", flush=True)
 "#;
+
+/// Key material made by the real CLI, once per test binary.
+struct KeyFixture {
+    human: Vec<u8>,
+    human_pub: Vec<u8>,
+    agent: Vec<u8>,
+    agent_pub: Vec<u8>,
+    trust: Vec<u8>,
+}
+
+fn key_fixture() -> &'static KeyFixture {
+    static FIXTURE: std::sync::OnceLock<KeyFixture> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("calyx-keys-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("create temp dir: {e}"));
+        let human = dir.path().join("alice.key");
+        let agent = dir.path().join("cp14.key");
+        let trust = dir.path().join("trust.toml");
+        for key in [&human, &agent] {
+            calyx_ok(&[
+                OsStr::new("key"),
+                "gen".as_ref(),
+                "--out".as_ref(),
+                key.as_os_str(),
+            ]);
+        }
+        for (key, id, role) in [(&human, "alice", "human"), (&agent, "cp14", "agent")] {
+            let mut public = key.clone().into_os_string();
+            public.push(".pub");
+            calyx_ok(&[
+                OsStr::new("trust"),
+                "add".as_ref(),
+                "--policy".as_ref(),
+                trust.as_os_str(),
+                "--pub".as_ref(),
+                &public,
+                "--id".as_ref(),
+                id.as_ref(),
+                "--role".as_ref(),
+                role.as_ref(),
+            ]);
+        }
+        let read = |p: &Path| fs::read(p).unwrap_or_else(|e| panic!("read {p:?}: {e}"));
+        let with_pub = |p: &Path| {
+            let mut s = p.to_owned().into_os_string();
+            s.push(".pub");
+            read(Path::new(&s))
+        };
+        KeyFixture {
+            human: read(&human),
+            human_pub: with_pub(&human),
+            agent: read(&agent),
+            agent_pub: with_pub(&agent),
+            trust: read(&trust),
+        }
+    })
+}
+
+/// Creates `path` (which must not exist) with `bytes` and `mode`.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {path:?}: {e}"));
+    f.write_all(bytes)
+        .unwrap_or_else(|e| panic!("write {path:?}: {e}"));
+    set_mode(path, mode);
+}
