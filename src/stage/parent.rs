@@ -234,6 +234,14 @@ pub fn run(
         let _ = sproc::wait4(pid, false);
         return fail(report, format!("releasing init: {e}"));
     }
+    // Housekeeping beside init's setup: cgroups left by SIGKILLed runners are swept on a
+    // thread of their own (threads are fine now that the clone is done), joined at the end.
+    let sweeper = sweep.and_then(|layout| {
+        std::thread::Builder::new()
+            .name("calyx:sweep".into())
+            .spawn(move || super::resources::sweep_stale(&layout))
+            .ok()
+    });
     // Stage 7: the sentinel thread, now that the clone is done (threads before a fork-style
     // clone would leave the child with locks held by threads it does not have).
     let (tx, rx) = mpsc::channel();
@@ -460,26 +468,26 @@ pub fn run(
             "the kernel's OOM killer killed {oom} process(es) at the run's memory limit"
         ));
     }
-    // The report is final; removing the cgroup (and sweeping stale ones) overlaps the sync
-    // of the closing audit record. The caller waits for it before exiting.
-    *teardown = Teardown::start(cleanup.0.take(), sweep);
+    // The report is final; removing the cgroup overlaps the sync of the closing audit
+    // record. The caller waits for it (and the sweep) before exiting.
+    *teardown = Teardown::start(cleanup.0.take(), sweeper);
     report
 }
 
-/// Stage 15's cgroup removal, and the sweep for cgroups of SIGKILLed runners, on a thread of
-/// its own. [`Teardown::wait`] (or dropping it) waits for both.
+/// Stage 15's cgroup removal on a thread of its own, which also collects the sweep for
+/// cgroups of SIGKILLed runners. [`Teardown::wait`] (or dropping it) waits for both.
 #[derive(Debug, Default)]
 pub struct Teardown(Option<std::thread::JoinHandle<()>>);
 
 impl Teardown {
-    fn start(cgroup: Option<Arc<RunCgroup>>, sweep: Option<crate::cgroup::Layout>) -> Self {
-        if cgroup.is_none() && sweep.is_none() {
+    fn start(cgroup: Option<Arc<RunCgroup>>, sweeper: Option<std::thread::JoinHandle<()>>) -> Self {
+        if cgroup.is_none() && sweeper.is_none() {
             return Self(None);
         }
         let work = move || {
             finish_cgroup(cgroup.as_deref());
-            if let Some(layout) = &sweep {
-                super::resources::sweep_stale(layout);
+            if let Some(h) = sweeper {
+                let _ = h.join();
             }
         };
         match std::thread::Builder::new()
