@@ -90,6 +90,16 @@ pub enum Durability {
     Synced,
 }
 
+/// Where an appended line landed: its sequence number and the lowercase hex SHA-256 of the
+/// line's bytes without its trailing newline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence number of the line in the log (0 until the hash chain numbers lines).
+    pub seq: u64,
+    /// Lowercase hex SHA-256 of the line without its newline.
+    pub hash: String,
+}
+
 /// An open audit log.
 pub struct AuditLog {
     file: File,
@@ -136,7 +146,7 @@ impl AuditLog {
         ids: &RunIds,
         fields: Value,
         durability: Durability,
-    ) -> Result<(), AuditError> {
+    ) -> Result<Appended, AuditError> {
         let line = encode_line(OffsetDateTime::now_utc(), &self.host, event, ids, fields)?;
         let werr = |op: &'static str, source| AuditError::Write {
             op,
@@ -157,7 +167,11 @@ impl AuditLog {
         if durability == Durability::Synced {
             crate::sys::fs::fdatasync(self.file.as_fd()).map_err(|e| werr("syncing", e))?;
         }
-        Ok(())
+        let body = line.strip_suffix('\n').unwrap_or(&line);
+        Ok(Appended {
+            seq: 0,
+            hash: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes())),
+        })
     }
 }
 

@@ -446,6 +446,7 @@ impl parent::RunHooks for Hooks<'_> {
                 json!({"argv": self.plan.argv, "profile": self.plan.profile, "enforcement": self.enforcement}),
                 Durability::Synced,
             )
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 
