@@ -35,6 +35,8 @@ pub mod names {
     pub const RESOURCE_MONITORED: &str = "resource_event.MONITORED";
     /// A sentinel rule froze or killed the run.
     pub const RESOURCE_HALTED: &str = "resource_event.HALTED";
+    /// The run's artifacts were copied into the store (kept, skipped, cap).
+    pub const ARTIFACT_PERSISTED: &str = "artifact_event.PERSISTED";
 }
 
 /// Writing the audit log failed.
