@@ -173,6 +173,19 @@ impl Walk<'_> {
         };
         let parent = match beneath::open_beneath(base_fd.as_fd(), &parent_c, OpenKind::Dir) {
             Ok(fd) => fd,
+            // O_DIRECTORY answers ENOTDIR for a symlink as the last component of the parent;
+            // look at what is there so the reason says "through a symbolic link".
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                let link = beneath::open_beneath(base_fd.as_fd(), &parent_c, OpenKind::Path)
+                    .and_then(|fd| beneath::stat_fd(fd.as_fd()))
+                    .is_ok_and(|st| st.kind == EntryKind::Symlink);
+                if link {
+                    self.skip(path, SkipReason::ThroughSymlink, None);
+                } else {
+                    self.skip_err(path, &e);
+                }
+                return Ok(());
+            }
             Err(e) => {
                 self.skip_err(path, &e);
                 return Ok(());

@@ -32,6 +32,8 @@ pub enum OpenKind {
     Dir,
     /// A file for reading; non-blocking so a FIFO cannot stall the caller.
     ReadFile,
+    /// An `O_PATH` handle of whatever is there, a symbolic link included, to ask what it is.
+    Path,
 }
 
 /// `openat2(dir, rel, …, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
@@ -42,6 +44,7 @@ pub fn open_beneath(dir: BorrowedFd<'_>, rel: &CStr, kind: OpenKind) -> io::Resu
     let flags = match kind {
         OpenKind::Dir => base | libc::O_RDONLY | libc::O_DIRECTORY,
         OpenKind::ReadFile => base | libc::O_RDONLY | libc::O_NONBLOCK,
+        OpenKind::Path => libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_PATH,
     };
     let how = OpenHow {
         flags: flags as u64,
