@@ -314,3 +314,78 @@ impl Walk<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::artifact::plan::ArtifactItem;
+
+    fn plan(base: &Path, paths: &[&str], max_bytes: u64) -> ArtifactPlan {
+        ArtifactPlan {
+            items: paths
+                .iter()
+                .map(|p| ArtifactItem {
+                    path: base.join(p),
+                    base: base.to_owned(),
+                })
+                .collect(),
+            max_bytes,
+        }
+    }
+
+    fn reasons(c: &Collected, base: &Path) -> Vec<(String, SkipReason)> {
+        c.skipped
+            .iter()
+            .map(|s| {
+                let rel = s.path.strip_prefix(base).unwrap();
+                (rel.display().to_string(), s.reason)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_walk_keeps_regular_files_and_names_everything_else() {
+        let grant = tempfile::tempdir().unwrap();
+        let g = grant.path();
+        std::fs::create_dir_all(g.join("d/e")).unwrap();
+        std::fs::write(g.join("d/a.txt"), b"a").unwrap();
+        std::fs::write(g.join("d/e/b.txt"), b"bb").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", g.join("d/link")).unwrap();
+        std::os::unix::fs::symlink("/etc", g.join("etc")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(g.join("d/sock")).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let store = Store::at(state.path());
+        let c = collect(&plan(g, &["d", "etc/passwd", "gone"], 100), &store).unwrap();
+        let kept: Vec<_> = c.kept.iter().map(|k| (k.path.clone(), k.size)).collect();
+        assert_eq!(kept, vec![(g.join("d/a.txt"), 1), (g.join("d/e/b.txt"), 2)]);
+        assert_eq!(
+            reasons(&c, g),
+            vec![
+                ("d/link".to_owned(), SkipReason::Symlink),
+                ("d/sock".to_owned(), SkipReason::NotRegular),
+                ("etc/passwd".to_owned(), SkipReason::ThroughSymlink),
+                ("gone".to_owned(), SkipReason::Missing),
+            ]
+        );
+        assert_eq!((c.total_bytes, c.stopped), (3, false));
+        assert!(store.blob_path(&c.kept[1].sha256).exists());
+    }
+
+    #[test]
+    fn the_cap_stops_the_walk_at_the_first_file_that_does_not_fit() {
+        let grant = tempfile::tempdir().unwrap();
+        let g = grant.path();
+        for (name, size) in [("1", 4), ("2", 4), ("3", 3), ("4", 1)] {
+            std::fs::write(g.join(name), vec![b'x'; size]).unwrap();
+        }
+        let state = tempfile::tempdir().unwrap();
+        let c = collect(&plan(g, &[""], 10), &Store::at(state.path())).unwrap();
+        assert_eq!(c.kept.len(), 2);
+        assert_eq!(reasons(&c, g), vec![("3".to_owned(), SkipReason::OverCap)]);
+        assert!(c.stopped);
+        // Exactly at the cap is kept.
+        let c = collect(&plan(g, &["1", "2", "4"], 9), &Store::at(state.path())).unwrap();
+        assert_eq!((c.kept.len(), c.total_bytes, c.stopped), (3, 9, false));
+    }
+}

@@ -242,7 +242,8 @@ pub fn sign(receipt: &Receipt, key: &SigningKey) -> Result<String, ReceiptError>
 }
 
 /// Signs `receipt` and writes it atomically to `STATE_DIR/receipts/<run id>.json` (directory
-/// 0700, file 0644: a receipt holds nothing secret and is meant to be handed out).
+/// 0700, file 0644: a receipt holds nothing secret and is meant to be handed out, but the
+/// directory stays as private as the rest of the state directory).
 pub fn write(
     state_dir: &Path,
     receipt: &Receipt,
@@ -261,14 +262,39 @@ pub fn write(
             source,
         })?;
     let path = dir.join(format!("{}.json", receipt.run_id));
-    crate::lease::write_file_atomic(&path, text.as_bytes(), 0o644).map_err(|source| {
-        ReceiptError::Io {
-            op: "writing receipt",
-            path: path.clone(),
-            source,
-        }
+    write_synced_then_rename(&dir, &path, text.as_bytes()).map_err(|source| ReceiptError::Io {
+        op: "writing receipt",
+        path: path.clone(),
+        source,
     })?;
     Ok(path)
+}
+
+/// Temporary sibling, `fdatasync`, rename. The data is on disk before the name appears, so a
+/// crash never leaves an empty or torn receipt behind. The directory is not synced: that
+/// second flush cost 0.3-2.5 ms per run here, and what it protects (the name surviving a power
+/// loss right after the run) is also recorded by the closing audit line, which is synced.
+fn write_synced_then_rename(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut suffix = [0u8; 6];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut suffix);
+    let tmp = dir.join(format!(".receipt.tmp-{}", hex::encode(suffix)));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_data()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Reads a receipt file (bounded) and verifies it against `key`: payloadType, a
