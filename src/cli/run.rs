@@ -299,24 +299,8 @@ fn prepare(
     let sealed = match key_source {
         None => None,
         Some(src) => {
-            use crate::receipt::hostkey::HostKeySource;
-            let key = match (crate::receipt::hostkey::load_or_create(src), src) {
-                (Ok(k), _) => Ok(k),
-                // The state directory's key could not be made (e.g. no writable state dir for
-                // this user): the run goes on, said loudly now and in the result, without one.
-                (Err(e), HostKeySource::StateDir(p)) => {
-                    let msg = format!("host key {}: {e}", p.display());
-                    eprintln!(
-                        "calyx-run: this run will have no receipt: {msg}; pass --host-key FILE (or CALYX_HOST_KEY) or a writable --state-dir"
-                    );
-                    Err(msg)
-                }
-                // A configured key that cannot be used is a configuration error: nothing runs.
-                (Err(e), _) => {
-                    let msg = format!("host key {}: {e}", src.path().display());
-                    return Err(with(&lease, stop(exit::BAD_CONFIG, Outcome::Rejected, msg)));
-                }
-            };
+            let key = run_outputs::host_key_for_run(src)
+                .map_err(|msg| with(&lease, stop(exit::BAD_CONFIG, Outcome::Rejected, msg)))?;
             let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw));
             Some((key, digest))
         }

@@ -12,6 +12,7 @@ use crate::artifact::collect::{self, Collected};
 use crate::artifact::store::Store;
 use crate::audit::{Appended, AuditLog, Durability, RunIds, names};
 use crate::plan::Plan;
+use crate::receipt::hostkey::{self, HostKeySource};
 use crate::receipt::{self, AuditRef, Executable, Receipt, ReceiptArtifact};
 
 use super::result::RunResult;
@@ -31,6 +32,24 @@ pub struct ReceiptInputs {
     pub host: String,
     /// Where receipts go (`STATE_DIR/receipts/`).
     pub state_dir: PathBuf,
+}
+
+/// Loads or creates the host key before the run. `Err`: a configured key (`--host-key`,
+/// `CALYX_HOST_KEY`) that cannot be used refuses the run (78). `Ok(Err)`: the state
+/// directory's key could not be made (e.g. no writable state directory for this user); the
+/// run goes on without a receipt, said on stderr now and as `receipt_error` in the result.
+pub fn host_key_for_run(src: &HostKeySource) -> Result<Result<SigningKey, String>, String> {
+    match (hostkey::load_or_create(src), src) {
+        (Ok(k), _) => Ok(Ok(k)),
+        (Err(e), HostKeySource::StateDir(p)) => {
+            let msg = format!("host key {}: {e}", p.display());
+            eprintln!(
+                "calyx-run: this run will have no receipt: {msg}; pass --host-key FILE (or CALYX_HOST_KEY) or a writable --state-dir"
+            );
+            Ok(Err(msg))
+        }
+        (Err(e), _) => Err(format!("host key {}: {e}", src.path().display())),
+    }
 }
 
 /// Copies the plan's artifacts into the store, says what happened on stderr and in
