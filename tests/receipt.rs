@@ -112,7 +112,7 @@ fn receipt_verifies_and_binds_lease_executable_and_audit_line(user: User) {
         r["executable"]["sha256"],
         sha(&fs::read(common::PYTHON).unwrap()).as_str()
     );
-    assert_eq!(r["executable"]["source"], "host_file_before_run");
+    assert_eq!(r["executable"]["source"], "host_file");
     // The closing audit line: its hash is the SHA-256 of the line without its newline.
     let audit = sb.audit_text();
     let closing = audit

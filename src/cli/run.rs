@@ -209,17 +209,17 @@ pub fn main(args: Args) -> u8 {
     let receipt_inputs = sealed.map(|(key, lease_sha256)| ReceiptInputs {
         key,
         lease_sha256,
-        // Hashed before the clone, while nothing of the run exists that could change it.
-        executable: crate::receipt::executable(
-            plan.argv.first().map(String::as_str).unwrap_or(""),
-            plan.exe_sha256.as_deref(),
-        ),
         host: host.clone(),
         state_dir: loc.state_dir.clone(),
     });
+    // Opened (or, inside a write grant, hashed) before the clone; see receipt::exe.
+    let exe_job = receipt_inputs
+        .as_ref()
+        .map(|_| crate::receipt::ExeDigestJob::prepare(&plan));
     let code = run_planned(
         &args,
         (&lease, &plan, &profile, receipt_inputs.as_ref()),
+        exe_job,
         audit.as_mut(),
         &ids_audit,
         &mut result,
@@ -336,6 +336,7 @@ fn profile_spec(p: &Profile) -> Result<ProfileSpec, crate::profile::ProfileError
 fn run_planned(
     args: &Args,
     (lease, plan, profile, receipt): (&Lease, &Plan, &Profile, Option<&ReceiptInputs>),
+    exe_job: Option<crate::receipt::ExeDigestJob>,
     audit: Option<&mut AuditLog>,
     ids: &RunIds,
     result: &mut RunResult,
@@ -410,6 +411,7 @@ fn run_planned(
         ids,
         plan,
         enforcement: &enforcement,
+        exe_job,
     };
     let report: RunReport = parent::run(
         &ctx,
@@ -419,6 +421,7 @@ fn run_planned(
         &mut hooks,
         watched,
     );
+    let exe_job = hooks.exe_job.take();
     if let Some((level, abi)) = report.landlock {
         enforcement.landlock_reported(level, abi);
     }
@@ -480,7 +483,8 @@ fn run_planned(
     };
     // After the closing audit line, whose hash the receipt binds.
     if let Some(r) = receipt {
-        run_outputs::write_receipt(r, plan, result, closing);
+        let executable = exe_job.map(crate::receipt::ExeDigestJob::finish);
+        run_outputs::write_receipt(r, plan, executable, result, closing);
     }
     report.exit_code
 }
@@ -491,10 +495,14 @@ struct Hooks<'a> {
     ids: &'a RunIds,
     plan: &'a Plan,
     enforcement: &'a Enforcement,
+    /// The executable digest, hashed on a thread from here on (see receipt::exe).
+    exe_job: Option<crate::receipt::ExeDigestJob>,
 }
 
 impl parent::RunHooks for Hooks<'_> {
     fn released(&mut self) -> Result<(), String> {
+        // After the clone the runner may have threads; the payload does not exist yet.
+        self.exe_job = self.exe_job.take().map(crate::receipt::ExeDigestJob::start);
         // STARTED is on disk before the payload can exist: no run without its record. It
         // carries the planned enforcement; FINISHED carries what init achieved.
         self.audit

@@ -26,8 +26,6 @@ pub struct ReceiptInputs {
     pub key: Result<SigningKey, String>,
     /// SHA-256 of the lease envelope bytes as read.
     pub lease_sha256: String,
-    /// The executable and its digest.
-    pub executable: Executable,
     /// Host name.
     pub host: String,
     /// Where receipts go (`STATE_DIR/receipts/`).
@@ -127,6 +125,7 @@ fn report_on_stderr(c: &Collected, store: &Path) {
 pub fn write_receipt(
     inputs: &ReceiptInputs,
     plan: &Plan,
+    executable: Option<Executable>,
     result: &mut RunResult,
     closing: Option<Appended>,
 ) {
@@ -151,7 +150,12 @@ pub fn write_receipt(
         intent_id: result.intent_id.clone().unwrap_or_default(),
         lease_sha256: inputs.lease_sha256.clone(),
         argv: plan.argv.clone(),
-        executable: inputs.executable.clone(),
+        executable: executable.unwrap_or_else(|| {
+            crate::receipt::executable(
+                plan.argv.first().map(String::as_str).unwrap_or(""),
+                plan.exe_sha256.as_deref(),
+            )
+        }),
         profile: plan.profile.clone(),
         enforcement: serde_json::to_value(&result.enforcement).unwrap_or_default(),
         usage: result

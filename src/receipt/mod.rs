@@ -12,7 +12,10 @@
 //! It proves what this host's calyx-run said; it does not protect against the host's root,
 //! who holds the key.
 
+pub mod exe;
 pub mod hostkey;
+
+pub use exe::{ExeDigestJob, executable};
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -20,7 +23,6 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::exit;
@@ -41,9 +43,10 @@ const MAX_RECEIPT_BYTES: u64 = 16 << 20;
 pub enum ExeDigestSource {
     /// The lease pins the digest and init checked it on the opened file it then executed.
     PinnedVerified,
-    /// Hashed by calyx-run on the host before the sandbox started, from argv[0] (write grants
-    /// and system paths are bound at the same place, so it names the same file).
-    HostFileBeforeRun,
+    /// Hashed by calyx-run from the host file at argv[0] (system paths and grants are bound at
+    /// the same place, so it names the file the sandbox executes), opened before the clone;
+    /// see [`exe`] for when it is hashed.
+    HostFile,
     /// The file could not be read on the host; no digest.
     Unavailable,
 }
@@ -192,43 +195,6 @@ impl ReceiptError {
             ReceiptError::Key(_) => exit::BAD_CONFIG,
             _ => exit::REFUSED,
         }
-    }
-}
-
-/// Hashes a file, for the executable digest.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 128 * 1024];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// The executable digest of a run: the pinned one (init refuses to exec anything else), or the
-/// host file's, hashed now, before the sandbox starts.
-pub fn executable(argv0: &str, pinned: Option<&str>) -> Executable {
-    let (sha256, source) = match pinned {
-        Some(pin) => (
-            Some(pin.to_ascii_lowercase()),
-            ExeDigestSource::PinnedVerified,
-        ),
-        None => match sha256_file(Path::new(argv0)) {
-            Ok(d) => (Some(d), ExeDigestSource::HostFileBeforeRun),
-            Err(_) => (None, ExeDigestSource::Unavailable),
-        },
-    };
-    Executable {
-        path: argv0.to_owned(),
-        sha256,
-        source,
     }
 }
 
@@ -433,26 +399,5 @@ mod tests {
             verify(lease.to_json_pretty().as_bytes(), &key.verifying_key()),
             Err(ReceiptError::PayloadType { .. })
         ));
-    }
-
-    #[test]
-    fn executable_digest_says_where_it_comes_from() {
-        assert_eq!(
-            executable("/x", Some("AB")).source,
-            ExeDigestSource::PinnedVerified
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join("exe");
-        std::fs::write(&exe, b"hello").unwrap();
-        let e = executable(exe.to_str().unwrap(), None);
-        assert_eq!(e.source, ExeDigestSource::HostFileBeforeRun);
-        assert_eq!(
-            e.sha256.as_deref(),
-            Some("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
-        );
-        assert_eq!(
-            executable("/nonexistent/exe", None).source,
-            ExeDigestSource::Unavailable
-        );
     }
 }
