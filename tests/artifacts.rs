@@ -21,6 +21,7 @@ both_users!(
     over_the_cap_is_not_kept_and_the_run_is_unchanged,
     symlinks_in_the_artifact_dir_are_not_followed,
     artifact_outside_every_write_grant_refuses_the_lease,
+    artifacts_are_kept_after_a_timeout,
 );
 
 fn sha(bytes: &[u8]) -> String {
@@ -272,4 +273,29 @@ fn artifact_outside_every_write_grant_refuses_the_lease(user: User) {
     run.assert_code(78)
         .assert_stderr_has("artifacts.paths entry /tmp/result is not inside any paths.write grant");
     assert!(!out.join("m").exists(), "nothing may run: {run}");
+}
+
+fn artifacts_are_kept_after_a_timeout(user: User) {
+    // The payload is killed by the wall-clock timeout; what it wrote before is still kept,
+    // and the result stays a timeout (124).
+    let (sb, out) = artifact_sandbox(&[]);
+    let mut sb = sb
+        .timeout_secs(1)
+        .issue_arg("--artifact")
+        .issue_arg(out.to_str().unwrap());
+    let code = format!(
+        "import time\nopen({:?} + '/partial.log', 'w').write('step 1')\ntime.sleep(30)",
+        out.display().to_string()
+    );
+    let (run, result) = run_json(&mut sb, user, &code);
+    run.assert_code(124);
+    assert_eq!(result["outcome"], "timeout");
+    assert_eq!(
+        kept(&result),
+        vec![(
+            out.join("partial.log").display().to_string(),
+            6,
+            sha(b"step 1")
+        )]
+    );
 }

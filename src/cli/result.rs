@@ -265,6 +265,20 @@ pub fn human_plan(lease: &Lease, plan: &Plan) -> String {
             .join(" ")
     );
     let _ = writeln!(s, "timeout    {} ms", plan.timeout_ms);
+    if !plan.artifacts.items.is_empty() {
+        let paths: Vec<String> = plan
+            .artifacts
+            .items
+            .iter()
+            .map(|a| a.path.display().to_string())
+            .collect();
+        let _ = writeln!(
+            s,
+            "artifacts  {} (cap {} bytes)",
+            paths.join(" "),
+            plan.artifacts.max_bytes
+        );
+    }
     let layers: Vec<String> = plan
         .required_layers
         .iter()

@@ -150,7 +150,13 @@ pub enum ReceiptError {
     #[error("host key: {0}")]
     Key(#[from] KeyError),
     /// Not a DSSE envelope.
-    #[error("receipt {0}")]
+    #[error("not a DSSE envelope: {source}")]
+    NotEnvelope {
+        /// serde_json's reason, with line and column.
+        source: serde_json::Error,
+    },
+    /// A field of the envelope does not decode.
+    #[error("receipt envelope: {0}")]
     Envelope(#[from] EnvelopeError),
     /// Wrong payloadType.
     #[error("payloadType is {found:?}, expected {RECEIPT_PAYLOAD_TYPE:?}")]
@@ -286,7 +292,9 @@ pub fn verify_file(path: &Path, key: &VerifyingKey) -> Result<Receipt, ReceiptEr
 
 /// Verifies envelope bytes against `key` (see [`verify_file`]).
 pub fn verify(raw: &[u8], key: &VerifyingKey) -> Result<Receipt, ReceiptError> {
-    let env = Envelope::from_json(raw)?;
+    // Parsed here rather than by Envelope::from_json, whose error speaks of leases.
+    let env: Envelope =
+        serde_json::from_slice(raw).map_err(|source| ReceiptError::NotEnvelope { source })?;
     if env.payload_type != RECEIPT_PAYLOAD_TYPE {
         return Err(ReceiptError::PayloadType {
             found: env.payload_type,
