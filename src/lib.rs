@@ -18,6 +18,7 @@
 //! fixture trees; process-wide mechanisms are tested in forked children or through the real
 //! binaries; the escape suite attacks a real sandbox as root and as an unprivileged user.
 
+pub mod artifact;
 pub mod audit;
 pub mod cgroup;
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod lease;
 pub mod paths;
 pub mod plan;
 pub mod profile;
+pub mod receipt;
 pub mod sentinel;
 pub mod stage;
 pub mod sys;

@@ -195,6 +195,8 @@ pub struct Plan {
     pub timeout_ms: u64,
     /// Layers that must be in force.
     pub required_layers: BTreeSet<Layer>,
+    /// What to copy into the artifact store after the run.
+    pub artifacts: crate::artifact::plan::ArtifactPlan,
 }
 
 /// Why there is no plan.
@@ -229,6 +231,15 @@ pub enum PlanError {
         /// Why.
         why: &'static str,
     },
+    /// An artifact path that no write grant holds: after the run it would name a file the
+    /// run could not have written (or one in the sandbox's /tmp, which is gone).
+    #[error("artifacts.paths entry {path} is not inside any paths.write grant; {why}")]
+    ArtifactOutsideGrants {
+        /// The artifact path.
+        path: PathBuf,
+        /// What to change.
+        why: &'static str,
+    },
     /// A bad env grant.
     #[error("env grant {name:?} is invalid: {why}")]
     BadEnv {
@@ -257,7 +268,8 @@ impl PlanError {
             PlanError::UnknownProfile { .. }
             | PlanError::PathMissing { .. }
             | PlanError::PathUnusable { .. }
-            | PlanError::BadEnv { .. } => exit::BAD_CONFIG,
+            | PlanError::BadEnv { .. }
+            | PlanError::ArtifactOutsideGrants { .. } => exit::BAD_CONFIG,
             PlanError::LayerMissing { .. } => exit::SETUP_FAILED,
         }
     }
@@ -293,6 +305,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     check_floor(&required, lease, input.profile, input.features)?;
 
     let mut binds: BTreeMap<PathBuf, (bool, Access, bool)> = BTreeMap::new();
+    let mut write_grants: Vec<(PathBuf, bool)> = Vec::new();
     let grants = [
         ("read", &lease.paths.read, Access::Ro, false),
         ("write", &lease.paths.write, Access::Rw, false),
@@ -301,6 +314,9 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     for (list, paths, access, exec) in grants {
         for p in paths {
             let dir = check_grant(list, p, input.host)?;
+            if access == Access::Rw {
+                write_grants.push((p.clone(), dir));
+            }
             let e = binds.entry(p.clone()).or_insert((dir, access, exec));
             e.1 = e.1.max(access);
             e.2 |= exec;
@@ -356,6 +372,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         });
     }
 
+    let artifacts = crate::artifact::plan::plan_artifacts(lease, &write_grants)?;
     let timeout_secs = lease
         .limits
         .timeout_secs
@@ -394,6 +411,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         rlimits: input.profile.rlimits.clone(),
         timeout_ms: timeout_secs.saturating_mul(1000),
         required_layers: required,
+        artifacts,
     })
 }
 

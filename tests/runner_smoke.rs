@@ -405,6 +405,8 @@ fn caller_ignoring_sigchld_still_gets_the_exit_status() {
         .arg(&f.trust)
         .arg("--audit-log")
         .arg(&f.audit)
+        .arg("--state-dir")
+        .arg(f.path("state"))
         .arg("--result")
         .arg(&result)
         .args(["--", "/bin/sh", "-c", "exit 7"])
@@ -447,6 +449,8 @@ fn closed_stdout_does_not_become_the_audit_log() {
         .arg(&f.trust)
         .arg("--audit-log")
         .arg(&f.audit)
+        .arg("--state-dir")
+        .arg(f.path("state"))
         .args([
             "--",
             "/usr/bin/python3",

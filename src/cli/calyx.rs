@@ -51,6 +51,12 @@ pub enum Command {
     /// Leases: draft, cosign, verify, inspect.
     #[command(subcommand)]
     Lease(LeaseCommand),
+    /// Artifacts kept by runs: copy one out of the content-addressed store.
+    #[command(subcommand)]
+    Artifact(super::calyx_artifact::ArtifactCommand),
+    /// Run receipts: verify one with the host's public key.
+    #[command(subcommand)]
+    Receipt(super::calyx_receipt::ReceiptCommand),
     /// Probe the host: every isolation layer, available or not, why, and the remedy.
     /// Exit 0 when every layer the profile requires is available, else 125.
     Doctor {
@@ -204,6 +210,12 @@ pub fn run(cli: Cli) -> ExitCode {
     if let Command::Doctor { json, profile } = &cli.command {
         return ExitCode::from(super::doctor::run(*json, profile));
     }
+    if let Command::Artifact(c) = &cli.command {
+        return ExitCode::from(super::calyx_artifact::run(c));
+    }
+    if let Command::Receipt(c) = &cli.command {
+        return ExitCode::from(super::calyx_receipt::run(c));
+    }
     if let Command::Audit(cmd) = cli.command {
         return ExitCode::from(super::calyx_audit::run(cmd));
     }
@@ -231,7 +243,10 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             lease_verify(&file, trust, json)
         }
         Command::Lease(LeaseCommand::Show { file, trust, json }) => lease_show(&file, trust, json),
-        Command::Doctor { .. } | Command::Audit(_) => Ok(()),
+        Command::Doctor { .. }
+        | Command::Audit(_)
+        | Command::Artifact(_)
+        | Command::Receipt(_) => Ok(()),
     }
 }
 

@@ -1,13 +1,16 @@
 //! Command-line front ends. Parsing here is pure (clap only); the work starts in `run`.
 
 pub mod calyx;
+pub mod calyx_artifact;
 pub mod calyx_audit;
 mod calyx_issue;
+pub mod calyx_receipt;
 mod calyx_show;
 mod calyx_split;
 pub mod doctor;
 pub mod result;
 pub mod run;
+mod run_outputs;
 
 use std::path::Path;
 

@@ -110,6 +110,18 @@ pub struct RunResult {
     /// The sentinel rule that halted the run: `{rule, value, threshold, applied}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub halt: Option<crate::stage::resources::HaltInfo>,
+    /// Artifacts kept and skipped (when the lease names artifact paths).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<crate::artifact::collect::Collected>,
+    /// Why no artifact could be kept (the store could not be written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts_error: Option<String>,
+    /// The signed receipt of the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<std::path::PathBuf>,
+    /// Why the run has no receipt (its exit code is unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt_error: Option<String>,
 }
 
 impl RunResult {
@@ -128,6 +140,10 @@ impl RunResult {
             usage: None,
             error: None,
             halt: None,
+            artifacts: None,
+            artifacts_error: None,
+            receipt: None,
+            receipt_error: None,
         }
     }
 
@@ -249,6 +265,20 @@ pub fn human_plan(lease: &Lease, plan: &Plan) -> String {
             .join(" ")
     );
     let _ = writeln!(s, "timeout    {} ms", plan.timeout_ms);
+    if !plan.artifacts.items.is_empty() {
+        let paths: Vec<String> = plan
+            .artifacts
+            .items
+            .iter()
+            .map(|a| a.path.display().to_string())
+            .collect();
+        let _ = writeln!(
+            s,
+            "artifacts  {} (cap {} bytes)",
+            paths.join(" "),
+            plan.artifacts.max_bytes
+        );
+    }
     let layers: Vec<String> = plan
         .required_layers
         .iter()

@@ -25,6 +25,7 @@ use crate::stage::resources;
 use crate::sys;
 
 use super::result::{Enforcement, RunResult};
+use super::run_outputs::{self, ReceiptInputs};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -68,6 +69,10 @@ pub struct Args {
     /// e.g. /calyx.slice) instead of under calyx-run's own cgroup.
     #[arg(long, value_name = "CGROUP")]
     pub cgroup_parent: Option<String>,
+    /// Private key that signs run receipts (default: $CALYX_HOST_KEY, else
+    /// STATE_DIR/host-key.pem, generated on first use).
+    #[arg(long, value_name = "FILE")]
+    pub host_key: Option<PathBuf>,
     /// Interval of resource_event.MONITORED samples in the audit log, milliseconds (0: none).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub monitor_interval_ms: u64,
@@ -159,8 +164,17 @@ pub fn main(args: Args) -> u8 {
     };
     let mut result = RunResult::new(&ids_audit.run_id, &args.command);
 
-    let prepared = prepare(&args, &loc.trust, ids, &env);
-    let (lease, plan, profile) = match prepared {
+    // The host key is loaded (or created) before anything runs: a run that could not be
+    // given a receipt is refused up front rather than discovered afterwards. Not for dry runs.
+    let key_source = (!args.dry_run).then(|| {
+        crate::receipt::hostkey::resolve(
+            args.host_key.as_deref(),
+            lookup("CALYX_HOST_KEY").as_deref(),
+            &loc.state_dir,
+        )
+    });
+    let prepared = prepare(&args, &loc.trust, key_source.as_ref(), ids, &env);
+    let (lease, plan, profile, sealed) = match prepared {
         Ok(p) => p,
         Err((lease_ids, s)) => {
             if let Some((lease_id, intent_id)) = lease_ids {
@@ -192,9 +206,20 @@ pub fn main(args: Args) -> u8 {
         print_plan(&args, &lease, &plan);
         return 0;
     }
+    let receipt_inputs = sealed.map(|(key, lease_sha256)| ReceiptInputs {
+        key,
+        lease_sha256,
+        host: host.clone(),
+        state_dir: loc.state_dir.clone(),
+    });
+    // Opened (or, inside a write grant, hashed) before the clone; see receipt::exe.
+    let exe_job = receipt_inputs
+        .as_ref()
+        .map(|_| crate::receipt::ExeDigestJob::prepare(&plan));
     let code = run_planned(
         &args,
-        (&lease, &plan, &profile),
+        (&lease, &plan, &profile, receipt_inputs.as_ref()),
+        exe_job,
         audit.as_mut(),
         &ids_audit,
         &mut result,
@@ -204,12 +229,20 @@ pub fn main(args: Args) -> u8 {
     code
 }
 
-type Prepared = (Lease, Plan, Profile);
+/// The lease, its plan and profile, and for real runs the host key and the lease's SHA-256.
+type Prepared = (
+    Lease,
+    Plan,
+    Profile,
+    Option<(Result<ed25519_dalek::SigningKey, String>, String)>,
+);
 
-/// Verify → profile → features → plan. Returns the lease (when parsed) with every refusal.
+/// Verify → profile → features → plan → host key. Returns the lease (when parsed) with every
+/// refusal.
 fn prepare(
     args: &Args,
     trust: &Path,
+    key_source: Option<&crate::receipt::hostkey::HostKeySource>,
     ids: sys::proc::Ids,
     env: &[(String, String)],
 ) -> Result<Prepared, (Option<(String, String)>, Stop)> {
@@ -263,7 +296,16 @@ fn prepare(
         };
         with(&lease, stop(e.exit_code(), outcome, e.to_string()))
     })?;
-    Ok((lease, plan, profile))
+    let sealed = match key_source {
+        None => None,
+        Some(src) => {
+            let key = run_outputs::host_key_for_run(src)
+                .map_err(|msg| with(&lease, stop(exit::BAD_CONFIG, Outcome::Rejected, msg)))?;
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw));
+            Some((key, digest))
+        }
+    };
+    Ok((lease, plan, profile, sealed))
 }
 
 /// The planner's view of a loaded profile (its view resolved against the real host).
@@ -293,7 +335,8 @@ fn profile_spec(p: &Profile) -> Result<ProfileSpec, crate::profile::ProfileError
 
 fn run_planned(
     args: &Args,
-    (lease, plan, profile): (&Lease, &Plan, &Profile),
+    (lease, plan, profile, receipt): (&Lease, &Plan, &Profile, Option<&ReceiptInputs>),
+    exe_job: Option<crate::receipt::ExeDigestJob>,
     audit: Option<&mut AuditLog>,
     ids: &RunIds,
     result: &mut RunResult,
@@ -369,6 +412,7 @@ fn run_planned(
         ids,
         plan,
         enforcement: &enforcement,
+        exe_job,
     };
     let mut teardown = parent::Teardown::default();
     let report: RunReport = parent::run(
@@ -380,6 +424,7 @@ fn run_planned(
         watched,
         &mut teardown,
     );
+    let exe_job = hooks.exe_job.take();
     if let Some((level, abi)) = report.landlock {
         enforcement.landlock_reported(level, abi);
     }
@@ -407,6 +452,14 @@ fn run_planned(
         );
     }
     result.finish(ids, &report, &enforcement, duration);
+    // Stage 15: the cgroup is gone (parent::run removed it) and every process of the run with
+    // it, so nothing changes the write grants while their artifacts are copied.
+    let payload_ran = !matches!(report.outcome, Outcome::Rejected | Outcome::SetupFailed);
+    if payload_ran {
+        if let Some(r) = receipt {
+            run_outputs::persist_artifacts(plan, &r.state_dir, audit, ids, result);
+        }
+    }
     // A pinned digest that does not match is a lease refusal found late (on the opened file).
     let name = if report.outcome == Outcome::Timeout {
         names::EXEC_TIMEOUT
@@ -424,8 +477,17 @@ fn run_planned(
     if let Some(h) = &report.halt {
         fields["halt"] = json!(h);
     }
-    if let Err(e) = audit.append(name, ids, fields, Durability::Synced) {
-        eprintln!("calyx-run: {e}");
+    let closing = match audit.append(name, ids, fields, Durability::Synced) {
+        Ok(appended) => Some(appended),
+        Err(e) => {
+            eprintln!("calyx-run: {e}");
+            None
+        }
+    };
+    // After the closing audit line, whose hash the receipt binds.
+    if let Some(r) = receipt {
+        let executable = exe_job.map(crate::receipt::ExeDigestJob::finish);
+        run_outputs::write_receipt(r, plan, executable, result, closing);
     }
     teardown.wait();
     report.exit_code
@@ -437,10 +499,14 @@ struct Hooks<'a> {
     ids: &'a RunIds,
     plan: &'a Plan,
     enforcement: &'a Enforcement,
+    /// The executable digest, hashed on a thread from here on (see receipt::exe).
+    exe_job: Option<crate::receipt::ExeDigestJob>,
 }
 
 impl parent::RunHooks for Hooks<'_> {
     fn released(&mut self) -> Result<(), String> {
+        // After the clone the runner may have threads; the payload does not exist yet.
+        self.exe_job = self.exe_job.take().map(crate::receipt::ExeDigestJob::start);
         // STARTED is on disk before the payload can exist: no run without its record. It
         // carries the planned enforcement; FINISHED carries what init achieved.
         self.audit

@@ -5,6 +5,7 @@
 //! unless noted, so they stay safe to call in a child of a (single-threaded) parent.
 #![allow(unsafe_code)]
 
+pub mod beneath;
 pub mod cgroup_sys;
 pub mod clone;
 pub mod fs;

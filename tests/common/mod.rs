@@ -467,3 +467,20 @@ pub fn unique(tag: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Inserts `flags` into a calyx-run argv from `Sandbox::run_argv`, just before the `--` that
+/// ends calyx-run's own flags (not setpriv's, which comes earlier).
+pub fn insert_run_flags(argv: &mut Vec<OsString>, flags: &[&str]) {
+    let lease = argv
+        .iter()
+        .position(|a| a == "--lease")
+        .unwrap_or_else(|| panic!("no --lease in {argv:?}"));
+    let end = lease
+        + argv[lease..]
+            .iter()
+            .position(|a| a == "--")
+            .unwrap_or_else(|| panic!("no -- in {argv:?}"));
+    for (i, f) in flags.iter().enumerate() {
+        argv.insert(end + i, OsString::from(f));
+    }
+}

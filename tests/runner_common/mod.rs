@@ -106,6 +106,11 @@ impl Fixture {
         self.audit.with_file_name(format!("audit-{who:?}.jsonl"))
     }
 
+    /// The state directory of runs by `who` (created by calyx-run on first use).
+    pub fn state_of(&self, who: As) -> PathBuf {
+        self.audit.with_file_name(format!("state-{who:?}"))
+    }
+
     /// Runs calyx-run with `args` (before `--`) and `cmd`.
     pub fn run(&self, who: As, lease: &Path, args: &[&str], cmd: &[&str]) -> Output {
         self.command(who, lease, args, cmd).output().unwrap()
@@ -133,7 +138,11 @@ impl Fixture {
             .arg("--trust")
             .arg(&self.trust)
             .arg("--audit-log")
-            .arg(self.audit_of(who));
+            .arg(self.audit_of(who))
+            // Each user's own state dir (host key, receipts, artifacts) inside the fixture, so
+            // runs as root never write to the host's /var/lib/calyx.
+            .arg("--state-dir")
+            .arg(self.state_of(who));
         c.args(args).arg("--").args(cmd);
         c.env_clear()
             .env("HOME", "/nonexistent")
