@@ -16,6 +16,7 @@ use crate::features;
 use crate::lease::model::Lease;
 use crate::lease::trust::TrustPolicy;
 use crate::lease::verify::{self, VerifyContext};
+use crate::ledger::run_use::{RunUse, UseStop};
 use crate::plan::{self, Plan, PlanInput, ProfileSpec, RealFs, SystemEntry};
 use crate::profile::{Profile, ViewEntry};
 use crate::sentinel::watch::{Applied, SentinelEvent};
@@ -195,6 +196,7 @@ pub fn main(args: Args) -> u8 {
     let code = run_planned(
         &args,
         (&lease, &plan, &profile),
+        &loc.state_dir,
         audit.as_mut(),
         &ids_audit,
         &mut result,
@@ -294,6 +296,7 @@ fn profile_spec(p: &Profile) -> Result<ProfileSpec, crate::profile::ProfileError
 fn run_planned(
     args: &Args,
     (lease, plan, profile): (&Lease, &Plan, &Profile),
+    state_dir: &Path,
     audit: Option<&mut AuditLog>,
     ids: &RunIds,
     result: &mut RunResult,
@@ -313,6 +316,12 @@ fn run_planned(
             started.elapsed(),
         );
         exit::SETUP_FAILED
+    };
+    // The ledger opens before anything is created: a run it cannot record does not start.
+    // The use itself is taken after the clone, in `Hooks::released` (see there why).
+    let mut lease_use = match RunUse::open(state_dir, lease, &ids.run_id) {
+        Ok(u) => u,
+        Err(e) => return fail(result, audit, e.to_string()),
     };
     // Everything the child will need is built now, before the clone (2 in SPEC §4.1).
     let mut confine = match Confinement::prepare(plan, profile) {
@@ -368,8 +377,9 @@ fn run_planned(
         ids,
         plan,
         enforcement: &enforcement,
+        lease_use: &mut lease_use,
     };
-    let report: RunReport = parent::run(
+    let mut report: RunReport = parent::run(
         &ctx,
         plan.uid_map,
         plan.gid_map,
@@ -377,6 +387,12 @@ fn run_planned(
         &mut hooks,
         watched,
     );
+    // A use the ledger refused stopped the run before its payload: a lease refusal (77).
+    if let Some(refusal) = lease_use.refusal() {
+        report.outcome = Outcome::Rejected;
+        report.exit_code = exit::REFUSED;
+        report.error = Some(format!("refused: {refusal}"));
+    }
     if let Some((level, abi)) = report.landlock {
         enforcement.landlock_reported(level, abi);
     }
@@ -424,6 +440,11 @@ fn run_planned(
     if let Err(e) = audit.append(name, ids, fields, Durability::Synced) {
         eprintln!("calyx-run: {e}");
     }
+    // The ledger's "last outcome" (not synced: the FINISHED record above is the durable one).
+    let outcome = serde_json::to_value(report.outcome).unwrap_or_default();
+    if let Err(e) = lease_use.finish(outcome.as_str().unwrap_or("unknown"), report.exit_code) {
+        eprintln!("calyx-run: {e}");
+    }
     report.exit_code
 }
 
@@ -433,10 +454,20 @@ struct Hooks<'a> {
     ids: &'a RunIds,
     plan: &'a Plan,
     enforcement: &'a Enforcement,
+    lease_use: &'a mut RunUse,
 }
 
 impl parent::RunHooks for Hooks<'_> {
     fn released(&mut self) -> Result<(), String> {
+        // The lease's use is taken here, after init was released to build its view but
+        // before Start lets it fork the payload: the use's fsync overlaps init's mounts on the
+        // other core and the v1 cgroup placement. Taken before the clone it cost measurably
+        // more (README, Ledger). A refusal, or a ledger that cannot record the use, returns
+        // Err and the parent kills init before Start: nothing of the payload has run. It comes
+        // before STARTED, so a refused run has no start record.
+        self.lease_use
+            .take()
+            .map_err(|stop: UseStop| stop.to_string())?;
         // STARTED is on disk before the payload can exist: no run without its record. It
         // carries the planned enforcement; FINISHED carries what init achieved.
         self.audit

@@ -36,6 +36,7 @@
 //! conditional `UPDATE … WHERE used < max_uses AND revoked_at IS NULL`) and hands it to the
 //! runner instead of the embedded store; [`decide`] and the refusal texts stay as they are.
 
+pub mod run_use;
 pub mod sqlite;
 
 use std::fmt;

@@ -100,6 +100,9 @@ fn walkthrough(bin: &Path, dir: &Path) -> Result<()> {
         &lease,
         "--intent",
         "INT-demo-1",
+        // Two runs below; the ledger refuses a third.
+        "--max-uses",
+        "2",
         "--subject",
         "cp14",
         "--command",
