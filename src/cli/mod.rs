@@ -2,6 +2,7 @@
 
 pub mod calyx;
 mod calyx_issue;
+mod calyx_ledger;
 mod calyx_show;
 mod calyx_split;
 pub mod doctor;
