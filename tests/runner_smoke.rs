@@ -6,7 +6,7 @@ mod runner_common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use runner_common::{Fixture, text, users};
+use runner_common::{As, Fixture, text, users};
 use serde_json::{Value, json};
 
 #[test]
@@ -403,6 +403,8 @@ fn caller_ignoring_sigchld_still_gets_the_exit_status() {
         .arg(&lease)
         .arg("--trust")
         .arg(&f.trust)
+        .arg("--state-dir")
+        .arg(f.fresh_state(As::Caller))
         .arg("--audit-log")
         .arg(&f.audit)
         .arg("--result")
@@ -445,6 +447,8 @@ fn closed_stdout_does_not_become_the_audit_log() {
         .arg(&lease)
         .arg("--trust")
         .arg(&f.trust)
+        .arg("--state-dir")
+        .arg(f.fresh_state(As::Caller))
         .arg("--audit-log")
         .arg(&f.audit)
         .args([

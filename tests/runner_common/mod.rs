@@ -111,6 +111,21 @@ impl Fixture {
         self.command(who, lease, args, cmd).output().unwrap()
     }
 
+    /// A fresh state directory (ledger) owned by `who`: every run gets its own, so the
+    /// ledger's use counts never leak between runs, tests or the host's /var/lib/calyx.
+    /// A test that runs one lease twice gives it `max_uses` 2.
+    pub fn fresh_state(&self, who: As) -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = self.path(&format!("state-{}", N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if who == As::Nobody {
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        }
+        dir
+    }
+
     /// The command line of [`Fixture::run`], not started.
     pub fn command(&self, who: As, lease: &Path, args: &[&str], cmd: &[&str]) -> Command {
         let bin = env!("CARGO_BIN_EXE_calyx-run");
@@ -132,6 +147,8 @@ impl Fixture {
             .arg(lease)
             .arg("--trust")
             .arg(&self.trust)
+            .arg("--state-dir")
+            .arg(self.fresh_state(who))
             .arg("--audit-log")
             .arg(self.audit_of(who));
         c.args(args).arg("--").args(cmd);
