@@ -234,3 +234,42 @@ fn fifty_concurrent_connections_grant_exactly_max_uses() {
         assert_eq!(granted, max as usize, "max_uses {max}");
     }
 }
+
+/// Runners are separate processes that never checkpoint on close: the WAL must still stay
+/// small (each new process reads all of it), and nothing may be lost by folding it back.
+#[test]
+fn the_wal_is_kept_small_by_finished_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join(format!("{FILE_NAME}-wal"));
+    let mut largest = 0;
+    for n in 0..60u32 {
+        let mut l = SqliteLedger::open_in(tmp.path()).unwrap();
+        let run = format!("RUN-{n}");
+        let r = record(&format!("LW-{n}"), 1);
+        assert!(matches!(
+            l.consume(&r, &run, now()).unwrap(),
+            Decision::Granted { .. }
+        ));
+        l.record_end(
+            &RunEnd {
+                run_id: run,
+                outcome: "exited".into(),
+                exit_code: 0,
+            },
+            now(),
+        )
+        .unwrap();
+        drop(l);
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    assert!(
+        largest <= CHECKPOINT_AFTER + 64 * 1024,
+        "WAL grew to {largest} bytes"
+    );
+    let rows = SqliteLedger::open_in(tmp.path()).unwrap().list().unwrap();
+    assert_eq!(rows.len(), 60);
+    assert!(
+        rows.iter()
+            .all(|r| r.used == 1 && r.last_outcome.as_deref() == Some("exited"))
+    );
+}
