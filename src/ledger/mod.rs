@@ -22,10 +22,10 @@
 //!   nothing half-written (the transaction rolls back on the next open).
 //! - **One file, no daemon, no system library**: nothing to install, start or upgrade.
 //!
-//! The cost: about 1 MiB of binary and a C compile in the first build; each use is one fsync
-//! of the log (a few milliseconds, taken while the sandbox's init sets up its view on the other
-//! core, see `cli::run`); and every runner on a host serializes on the file's write lock for
-//! the length of one small transaction. Waiting for that lock is bounded by
+//! The cost: about 1 MiB of binary and a C compile in the first build; each use costs an fsync
+//! of the log (about +3 ms per run measured, most of it overlapped with the sandbox's init
+//! setting up its view on the other core, see `cli::run`); and every runner on a host
+//! serializes on the file's write lock for the length of one small transaction. Waiting for that lock is bounded by
 //! [`sqlite::BUSY_TIMEOUT`]; a runner that cannot get it in time refuses the run (125) rather
 //! than run unrecorded.
 //!
