@@ -31,6 +31,35 @@ fn state_dir_not_writable_as_nobody() {
     }
 }
 
+/// Another process holds the ledger's write lock past the busy timeout (15 s): the run is
+/// refused with 125 and the reason, and nothing runs unrecorded. Root only: the lock holder
+/// is this test process, and the case is the same for every caller.
+#[test]
+fn ledger_locked_past_the_busy_timeout_refuses_as_root() {
+    if !common::tier_ready(User::Root, "ledger_locked_past_the_busy_timeout") {
+        return;
+    }
+    let user = User::Root;
+    let mut s = Scene::new(5);
+    let lease = s.sb.prepared_lease();
+    s.run(user, &lease).assert_code(0);
+    let holder = rusqlite::Connection::open(s.sb.state_dir().join("ledger.sqlite")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let out = s.run(user, &lease);
+    holder.execute_batch("ROLLBACK").unwrap();
+    out.assert_code(125)
+        .assert_stderr_has("stayed locked")
+        .assert_stderr_has("refusing");
+    assert!(out.elapsed.as_secs() >= 14, "gave up early: {out}");
+    assert_eq!(s.ran(), 1, "ran without its use recorded: {out}");
+    assert_eq!(s.audit_count("exec_event.STARTED"), 1);
+    // Released, the lease has its uses left: the refused run consumed none.
+    s.run(user, &lease).assert_code(0);
+    let rows: serde_json::Value =
+        serde_json::from_str(&s.calyx(user, &["lease", "list", "--json"]).stdout).unwrap();
+    assert_eq!(rows[0]["used"], 2, "{rows}");
+}
+
 /// A lease allowing `/bin/sh -c *` with `max_uses`, whose payload appends to `work/marker`.
 struct Scene {
     sb: Sandbox,
