@@ -26,6 +26,7 @@ pub mod exit;
 pub mod features;
 pub mod isolate;
 pub mod lease;
+pub mod ledger;
 pub mod paths;
 pub mod plan;
 pub mod profile;

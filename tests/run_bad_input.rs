@@ -42,10 +42,8 @@ both_users!(
     lease_file_missing,
 );
 
-/// Replay of a `max_uses = 1` lease. Issue #3 leaves the ledger for a later issue, so this is
-/// ignored (and counted as such) until then: run it with `--ignored`.
+/// Replay of a `max_uses = 1` lease: the ledger refuses the second use (issue 6).
 #[test]
-#[ignore = "the max_uses ledger is a later issue; run with --ignored"]
 fn lease_replayed_root() {
     if common::tier_ready(User::Root, "lease_replayed") {
         lease_replayed(User::Root);
@@ -54,7 +52,6 @@ fn lease_replayed_root() {
 
 /// See [`lease_replayed_root`].
 #[test]
-#[ignore = "the max_uses ledger is a later issue; run with --ignored"]
 fn lease_replayed_nobody() {
     if common::tier_ready(User::Nobody, "lease_replayed") {
         lease_replayed(User::Nobody);
@@ -306,8 +303,19 @@ fn lease_replayed(user: User) {
     fs::remove_file(&m.marker).unwrap();
     // Same lease (max_uses 1), same state dir: the ledger must refuse the second use.
     let second = m.sb.run_with_lease(user, &lease, &strs(&argv));
-    second.assert_code(77).assert_stderr_has("use");
+    second
+        .assert_code(77)
+        .assert_stderr_has("used 1 of 1 time(s)");
     assert!(!m.marker.exists(), "the replayed lease ran again: {second}");
+    // One start (the first run) and a refusal naming the spent uses.
+    let audit = m.sb.audit_text();
+    assert_eq!(audit.matches("exec_event.STARTED").count(), 1, "{audit}");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("lease_event.REJECTED") && l.contains("used 1 of 1")),
+        "no REJECTED record with the reason:\n{audit}"
+    );
 }
 
 fn started_setuid(user: User) {

@@ -6,7 +6,7 @@ mod runner_common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use runner_common::{Fixture, text, users};
+use runner_common::{As, Fixture, text, users};
 use serde_json::{Value, json};
 
 #[test]
@@ -403,10 +403,10 @@ fn caller_ignoring_sigchld_still_gets_the_exit_status() {
         .arg(&lease)
         .arg("--trust")
         .arg(&f.trust)
+        .arg("--state-dir")
+        .arg(f.fresh_state(As::Caller))
         .arg("--audit-log")
         .arg(&f.audit)
-        .arg("--state-dir")
-        .arg(f.path("state"))
         .arg("--result")
         .arg(&result)
         .args(["--", "/bin/sh", "-c", "exit 7"])
@@ -447,10 +447,10 @@ fn closed_stdout_does_not_become_the_audit_log() {
         .arg(&lease)
         .arg("--trust")
         .arg(&f.trust)
+        .arg("--state-dir")
+        .arg(f.fresh_state(As::Caller))
         .arg("--audit-log")
         .arg(&f.audit)
-        .arg("--state-dir")
-        .arg(f.path("state"))
         .args([
             "--",
             "/usr/bin/python3",

@@ -35,7 +35,7 @@ pub mod names {
     pub const LEASE_VERIFIED: &str = "lease_event.VERIFIED";
     /// Lease or run refused.
     pub const LEASE_REJECTED: &str = "lease_event.REJECTED";
-    /// Lease revoked.
+    /// Lease revoked in the ledger (`calyx lease revoke`).
     pub const LEASE_REVOKED: &str = "lease_event.REVOKED";
     /// Payload about to start.
     pub const EXEC_STARTED: &str = "exec_event.STARTED";

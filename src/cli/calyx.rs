@@ -12,6 +12,7 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use super::calyx_issue::{self, IssueArgs, IssueEnv, IssueError};
+use super::calyx_ledger::{self, LedgerCliError, ListArgs, RevokeArgs};
 use super::calyx_show;
 use crate::exit;
 use crate::lease::envelope::{Envelope, EnvelopeError, SignOutcome};
@@ -150,6 +151,10 @@ pub enum LeaseCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a lease in the ledger (by id or file); its next run is refused with the reason.
+    Revoke(RevokeArgs),
+    /// Leases in the ledger: uses left, expiry, last outcome, revocation.
+    List(ListArgs),
 }
 
 /// Everything that can stop a `calyx` command.
@@ -167,6 +172,9 @@ pub enum CliError {
     /// Drafting a lease.
     #[error(transparent)]
     Issue(#[from] IssueError),
+    /// The lease ledger (revoke, list).
+    #[error(transparent)]
+    Ledger(#[from] LedgerCliError),
     /// Writing a file.
     #[error("{op} {path}: {source}")]
     Io {
@@ -200,6 +208,7 @@ impl CliError {
             CliError::Issue(_) => exit::USAGE,
             CliError::Io { .. } | CliError::Exists { .. } => 1,
             CliError::NoUid => exit::BAD_CONFIG,
+            CliError::Ledger(e) => e.exit_code(),
         }
     }
 }
@@ -243,10 +252,11 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             lease_verify(&file, trust, json)
         }
         Command::Lease(LeaseCommand::Show { file, trust, json }) => lease_show(&file, trust, json),
-        Command::Doctor { .. }
-        | Command::Audit(_)
-        | Command::Artifact(_)
-        | Command::Receipt(_) => Ok(()),
+        Command::Lease(LeaseCommand::Revoke(args)) => Ok(calyx_ledger::revoke(&args)?),
+        Command::Lease(LeaseCommand::List(args)) => Ok(calyx_ledger::list(&args)?),
+        Command::Doctor { .. } | Command::Audit(_) | Command::Artifact(_) | Command::Receipt(_) => {
+            Ok(())
+        }
     }
 }
 

@@ -4,6 +4,7 @@ pub mod calyx;
 pub mod calyx_artifact;
 pub mod calyx_audit;
 mod calyx_issue;
+mod calyx_ledger;
 pub mod calyx_receipt;
 mod calyx_show;
 mod calyx_split;

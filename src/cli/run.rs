@@ -16,6 +16,7 @@ use crate::features;
 use crate::lease::model::Lease;
 use crate::lease::trust::TrustPolicy;
 use crate::lease::verify::{self, VerifyContext};
+use crate::ledger::run_use::{RunUse, UseStop};
 use crate::plan::{self, Plan, PlanInput, ProfileSpec, RealFs, SystemEntry};
 use crate::profile::{Profile, ViewEntry};
 use crate::sentinel::watch::{Applied, SentinelEvent};
@@ -218,8 +219,12 @@ pub fn main(args: Args) -> u8 {
         .map(|_| crate::receipt::ExeDigestJob::prepare(&plan));
     let code = run_planned(
         &args,
-        (&lease, &plan, &profile, receipt_inputs.as_ref()),
-        exe_job,
+        (&lease, &plan, &profile),
+        Outputs {
+            receipt: receipt_inputs.as_ref(),
+            exe_job,
+            state_dir: &loc.state_dir,
+        },
         audit.as_mut(),
         &ids_audit,
         &mut result,
@@ -333,10 +338,22 @@ fn profile_spec(p: &Profile) -> Result<ProfileSpec, crate::profile::ProfileError
     })
 }
 
+/// Where the run's durable outputs go: state directory (ledger, artifacts), receipt inputs
+/// and the executable's digest job.
+struct Outputs<'a> {
+    receipt: Option<&'a ReceiptInputs>,
+    exe_job: Option<crate::receipt::ExeDigestJob>,
+    state_dir: &'a Path,
+}
+
 fn run_planned(
     args: &Args,
-    (lease, plan, profile, receipt): (&Lease, &Plan, &Profile, Option<&ReceiptInputs>),
-    exe_job: Option<crate::receipt::ExeDigestJob>,
+    (lease, plan, profile): (&Lease, &Plan, &Profile),
+    Outputs {
+        receipt,
+        exe_job,
+        state_dir,
+    }: Outputs<'_>,
     audit: Option<&mut AuditLog>,
     ids: &RunIds,
     result: &mut RunResult,
@@ -356,6 +373,12 @@ fn run_planned(
             started.elapsed(),
         );
         exit::SETUP_FAILED
+    };
+    // The ledger opens before anything is created: a run it cannot record does not start.
+    // The use itself is taken after the clone, in `Hooks::released` (see there why).
+    let mut lease_use = match RunUse::open(state_dir, lease, &ids.run_id) {
+        Ok(u) => u,
+        Err(e) => return fail(result, audit, e.to_string()),
     };
     // Everything the child will need is built now, before the clone (2 in SPEC §4.1).
     let mut confine = match Confinement::prepare(plan, profile) {
@@ -413,9 +436,10 @@ fn run_planned(
         plan,
         enforcement: &enforcement,
         exe_job,
+        lease_use: &mut lease_use,
     };
     let mut teardown = parent::Teardown::default();
-    let report: RunReport = parent::run(
+    let mut report: RunReport = parent::run(
         &ctx,
         plan.uid_map,
         plan.gid_map,
@@ -425,6 +449,12 @@ fn run_planned(
         &mut teardown,
     );
     let exe_job = hooks.exe_job.take();
+    // A use the ledger refused stopped the run before its payload: a lease refusal (77).
+    if let Some(refusal) = lease_use.refusal() {
+        report.outcome = Outcome::Rejected;
+        report.exit_code = exit::REFUSED;
+        report.error = Some(format!("refused: {refusal}"));
+    }
     if let Some((level, abi)) = report.landlock {
         enforcement.landlock_reported(level, abi);
     }
@@ -456,9 +486,7 @@ fn run_planned(
     // it, so nothing changes the write grants while their artifacts are copied.
     let payload_ran = !matches!(report.outcome, Outcome::Rejected | Outcome::SetupFailed);
     if payload_ran {
-        if let Some(r) = receipt {
-            run_outputs::persist_artifacts(plan, &r.state_dir, audit, ids, result);
-        }
+        run_outputs::persist_artifacts(plan, state_dir, audit, ids, result);
     }
     // A pinned digest that does not match is a lease refusal found late (on the opened file).
     let name = if report.outcome == Outcome::Timeout {
@@ -489,6 +517,11 @@ fn run_planned(
         let executable = exe_job.map(crate::receipt::ExeDigestJob::finish);
         run_outputs::write_receipt(r, plan, executable, result, closing);
     }
+    // The ledger's "last outcome" (not synced: the FINISHED record above is the durable one).
+    let outcome = serde_json::to_value(report.outcome).unwrap_or_default();
+    if let Err(e) = lease_use.finish(outcome.as_str().unwrap_or("unknown"), report.exit_code) {
+        eprintln!("calyx-run: {e}");
+    }
     teardown.wait();
     report.exit_code
 }
@@ -501,12 +534,22 @@ struct Hooks<'a> {
     enforcement: &'a Enforcement,
     /// The executable digest, hashed on a thread from here on (see receipt::exe).
     exe_job: Option<crate::receipt::ExeDigestJob>,
+    lease_use: &'a mut RunUse,
 }
 
 impl parent::RunHooks for Hooks<'_> {
     fn released(&mut self) -> Result<(), String> {
         // After the clone the runner may have threads; the payload does not exist yet.
         self.exe_job = self.exe_job.take().map(crate::receipt::ExeDigestJob::start);
+        // The lease's use is taken here, after init was released to build its view but
+        // before Start lets it fork the payload: the use's fsync overlaps init's mounts on the
+        // other core and the v1 cgroup placement. Taken before the clone it cost measurably
+        // more (README, Ledger). A refusal, or a ledger that cannot record the use, returns
+        // Err and the parent kills init before Start: nothing of the payload has run. It comes
+        // before STARTED, so a refused run has no start record.
+        self.lease_use
+            .take()
+            .map_err(|stop: UseStop| stop.to_string())?;
         // STARTED is on disk before the payload can exist: no run without its record. It
         // carries the planned enforcement; FINISHED carries what init achieved.
         self.audit

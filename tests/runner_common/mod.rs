@@ -106,14 +106,25 @@ impl Fixture {
         self.audit.with_file_name(format!("audit-{who:?}.jsonl"))
     }
 
-    /// The state directory of runs by `who` (created by calyx-run on first use).
-    pub fn state_of(&self, who: As) -> PathBuf {
-        self.audit.with_file_name(format!("state-{who:?}"))
-    }
-
     /// Runs calyx-run with `args` (before `--`) and `cmd`.
     pub fn run(&self, who: As, lease: &Path, args: &[&str], cmd: &[&str]) -> Output {
         self.command(who, lease, args, cmd).output().unwrap()
+    }
+
+    /// A fresh state directory (ledger, host key, receipts, artifacts) owned by `who`: every
+    /// run gets its own, so the ledger's use counts never leak between runs or tests, and
+    /// runs as root never write to the host's /var/lib/calyx.
+    /// A test that runs one lease twice gives it `max_uses` 2.
+    pub fn fresh_state(&self, who: As) -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = self.path(&format!("state-{}", N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if who == As::Nobody {
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        }
+        dir
     }
 
     /// The command line of [`Fixture::run`], not started.
@@ -137,12 +148,10 @@ impl Fixture {
             .arg(lease)
             .arg("--trust")
             .arg(&self.trust)
-            .arg("--audit-log")
-            .arg(self.audit_of(who))
-            // Each user's own state dir (host key, receipts, artifacts) inside the fixture, so
-            // runs as root never write to the host's /var/lib/calyx.
             .arg("--state-dir")
-            .arg(self.state_of(who));
+            .arg(self.fresh_state(who))
+            .arg("--audit-log")
+            .arg(self.audit_of(who));
         c.args(args).arg("--").args(cmd);
         c.env_clear()
             .env("HOME", "/nonexistent")

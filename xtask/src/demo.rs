@@ -100,6 +100,9 @@ fn walkthrough(bin: &Path, dir: &Path) -> Result<()> {
         &lease,
         "--intent",
         "INT-demo-1",
+        // Two runs below; the ledger refuses a third.
+        "--max-uses",
+        "2",
         "--subject",
         "cp14",
         "--command",
@@ -233,6 +236,10 @@ print("  read the granted {input}:", open("{input}").read().strip())
     if dir.join("outside.txt").exists() {
         return Err(fail("the sandbox wrote outside its grant"));
     }
+
+    header("a third run: the lease allows two uses, and the ledger refuses a replay");
+    refused(&mut calyx_run(&["/bin/echo", "once more"]), 77)?;
+    step(&mut calyx(&["lease", "list", "--state-dir", &state]))?;
 
     header("the audit trail of these runs");
     let log = fs::read_to_string(&audit).map_err(|e| fail(format!("reading {audit}: {e}")))?;
