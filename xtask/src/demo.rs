@@ -3,7 +3,9 @@
 //! A human and an agent make keys and a trust policy; the issuer drafts a lease; both cosign
 //! it; it verifies; a forged copy and a lease missing its human signature are refused; then the
 //! lease runs a command inside the sandbox, where reading a host secret, writing outside the
-//! grant and opening a network connection are each refused.
+//! grant and opening a network connection are each refused; a replay beyond the lease's uses
+//! is refused by the ledger; the audit log verifies and a tampered copy does not; each run's
+//! receipt verifies with the host key and a copy with one flipped byte does not.
 
 use std::fs;
 use std::net::TcpListener;
@@ -246,8 +248,97 @@ print("  read the granted {input}:", open("{input}").read().strip())
     for line in log.lines() {
         println!("  {}", summarize(line));
     }
+
+    header("the audit log's hash chain verifies; a copy with one edited line does not");
+    step(&mut calyx(&["audit", "verify", &audit]))?;
+    let tampered = p("audit-tampered.jsonl");
+    tamper_first_exit_code(&log, Path::new(&tampered))?;
+    println!("  (copied the log and changed the exit code of its first closing record to 0)");
+    refused(&mut calyx(&["audit", "verify", &tampered]), 1)?;
+
+    header("every run ends with a receipt signed by this host's key");
+    let receipts = receipts_of(&dir.join("state/receipts"))?;
+    let host_pub = p("state/host-key.pem.pub");
+    for r in &receipts {
+        step(&mut calyx(&[
+            "receipt",
+            "verify",
+            &r.to_string_lossy(),
+            "--host-key",
+            &host_pub,
+        ]))?;
+    }
+    let first = receipts
+        .first()
+        .ok_or_else(|| fail("no receipt was written"))?;
+    let flipped = p("receipt-flipped.json");
+    flip_signature_byte(first, Path::new(&flipped))?;
+    println!("  (copied the first receipt and flipped one byte of its signature)");
+    refused(
+        &mut calyx(&["receipt", "verify", &flipped, "--host-key", &host_pub]),
+        77,
+    )?;
     println!("\ndemo finished: every refusal above happened, and the host is untouched");
     Ok(())
+}
+
+/// Writes `log` to `dst` with the first closing record's exit code changed: the line still
+/// parses, only its hash no longer matches the next line's `prev`.
+fn tamper_first_exit_code(log: &str, dst: &Path) -> Result<()> {
+    let mut done = false;
+    let mut out = String::new();
+    for line in log.lines() {
+        let mut l = line.to_owned();
+        if !done && l.contains("\"event\":\"exec_event.FINISHED\"") {
+            for (from, to) in [
+                ("\"exit_code\":1", "\"exit_code\":0"),
+                ("\"exit_code\":0", "\"exit_code\":1"),
+            ] {
+                if l.contains(from) {
+                    l = l.replacen(from, to, 1);
+                    done = true;
+                    break;
+                }
+            }
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    if !done {
+        return Err(fail("no closing record with an exit code to tamper with"));
+    }
+    write(dst, &out)
+}
+
+/// The receipts in `dir`, sorted by name.
+fn receipts_of(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| fail(format!("reading {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Copies the receipt envelope at `src` to `dst` with one bit of its first signature changed.
+fn flip_signature_byte(src: &Path, dst: &Path) -> Result<()> {
+    let text =
+        fs::read_to_string(src).map_err(|e| fail(format!("reading {}: {e}", src.display())))?;
+    let mut env: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("{}: {e}", src.display())))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let sig = env["signatures"][0]["sig"]
+        .as_str()
+        .ok_or_else(|| fail("receipt without a signature"))?;
+    let mut raw = b64
+        .decode(sig)
+        .map_err(|e| fail(format!("receipt signature: {e}")))?;
+    if let Some(b) = raw.get_mut(10) {
+        *b ^= 0x01;
+    }
+    env["signatures"][0]["sig"] = serde_json::Value::String(b64.encode(raw));
+    write(dst, &env.to_string())
 }
 
 /// One audit line in brief: event, run, command and outcome (the full line is JSON).
