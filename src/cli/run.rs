@@ -167,7 +167,13 @@ pub fn main(args: Args) -> u8 {
 
     // The host key is loaded (or created) before anything runs: a run that could not be
     // given a receipt is refused up front rather than discovered afterwards. Not for dry runs.
-    let key_source = (!args.dry_run).then(|| {
+    if cfg!(feature = "bench-baseline") {
+        eprintln!(
+            "calyx-run: this is a bench-baseline build: no lease ledger and no receipts; it \
+             exists only for `cargo xtask bench` and must never be installed"
+        );
+    }
+    let key_source = (!args.dry_run && !cfg!(feature = "bench-baseline")).then(|| {
         crate::receipt::hostkey::resolve(
             args.host_key.as_deref(),
             lookup("CALYX_HOST_KEY").as_deref(),

@@ -16,7 +16,8 @@ use crate::lease::model::Lease;
 
 /// One run's use of one lease.
 pub struct RunUse {
-    ledger: Box<dyn Ledger>,
+    /// None only in a `bench-baseline` build (see Cargo.toml): no ledger at all.
+    ledger: Option<Box<dyn Ledger>>,
     record: LeaseRecord,
     run_id: String,
     consumed: bool,
@@ -44,6 +45,16 @@ impl fmt::Display for UseStop {
 impl RunUse {
     /// Opens the embedded ledger of `state_dir` for `lease`, run `run_id`.
     pub fn open(state_dir: &Path, lease: &Lease, run_id: &str) -> Result<RunUse, LedgerError> {
+        if cfg!(feature = "bench-baseline") {
+            // The benchmark's baseline build measures calyx-run without the ledger.
+            return Ok(RunUse {
+                ledger: None,
+                record: LeaseRecord::of(lease),
+                run_id: run_id.to_owned(),
+                consumed: false,
+                refusal: None,
+            });
+        }
         let ledger = SqliteLedger::open_in(state_dir)?;
         Ok(Self::with(Box::new(ledger), LeaseRecord::of(lease), run_id))
     }
@@ -51,7 +62,7 @@ impl RunUse {
     /// With any backend (a fleet's shared store, or a test double).
     pub fn with(ledger: Box<dyn Ledger>, record: LeaseRecord, run_id: &str) -> RunUse {
         RunUse {
-            ledger,
+            ledger: Some(ledger),
             record,
             run_id: run_id.to_owned(),
             consumed: false,
@@ -61,8 +72,10 @@ impl RunUse {
 
     /// Takes one use, durably, or says why not. Called once, before the payload can start.
     pub fn take(&mut self) -> Result<(), UseStop> {
-        let decision = self
-            .ledger
+        let Some(ledger) = self.ledger.as_mut() else {
+            return Ok(());
+        };
+        let decision = ledger
             .consume(&self.record, &self.run_id, OffsetDateTime::now_utc())
             .map_err(UseStop::Failed)?;
         match decision {
@@ -85,15 +98,15 @@ impl RunUse {
     /// Records how the run ended, when it consumed a use (a refused or never-started run has
     /// nothing to record).
     pub fn finish(&mut self, outcome: &str, exit_code: u8) -> Result<(), LedgerError> {
-        if !self.consumed {
+        let (true, Some(ledger)) = (self.consumed, self.ledger.as_mut()) else {
             return Ok(());
-        }
+        };
         let end = RunEnd {
             run_id: self.run_id.clone(),
             outcome: outcome.to_owned(),
             exit_code,
         };
-        self.ledger.record_end(&end, OffsetDateTime::now_utc())
+        ledger.record_end(&end, OffsetDateTime::now_utc())
     }
 }
 

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::util::{self, Result, cargo, fail, header, repo_root, run};
 
+const CALYX_NAME: &str = "calyx-run (default profile)";
+const BASELINE_NAME: &str = "calyx-run without ledger and receipts (bench-baseline build)";
+
 /// Rounds per tool. 300 keeps the whole start-up comparison near ten seconds while the
 /// median is stable to a few microseconds.
 const ROUNDS: usize = 300;
@@ -21,16 +24,22 @@ pub fn bench() -> Result<()> {
     if util::is_root() {
         util::ensure_packages(&[("bwrap", "bubblewrap"), ("runc", "runc")])?;
     }
-    header("build (release)");
+    header("build (release, and the bench-baseline build without ledger and receipts)");
     run(cargo().args(["build", "--quiet", "--release", "--bins"]))?;
     let bin = repo_root().join("target/release");
+    let baseline_dir = repo_root().join("target/bench-baseline");
+    run(cargo()
+        .args(["build", "--quiet", "--release", "--bins"])
+        .args(["--features", "bench-baseline", "--target-dir"])
+        .arg(&baseline_dir))?;
+    let baseline = baseline_dir.join("release/calyx-run");
 
     header("lease verification throughput (criterion, one core)");
     run(cargo().args(["bench", "--quiet", "--bench", "verify"]))?;
 
     header("start-up: median wall time of one sandboxed /usr/bin/true");
     let dir = scratch()?;
-    let result = startup(&bin, &dir).and_then(|()| {
+    let result = startup(&bin, &baseline, &dir).and_then(|()| {
         header("sentinel: halt latency and idle cost (about 90 s)");
         let mut halt = crate::bench_sentinel::halt_latency(&bin, &dir)?;
         let idle = crate::bench_sentinel::idle_cost(&bin, &dir)?;
@@ -47,7 +56,7 @@ struct Tool {
     cmd: Box<dyn Fn(usize) -> Command>,
 }
 
-fn startup(bin: &Path, dir: &Path) -> Result<()> {
+fn startup(bin: &Path, baseline: &Path, dir: &Path) -> Result<()> {
     let lease = make_lease(bin, dir)?;
     let mut tools: Vec<Tool> = vec![Tool {
         name: "bare /usr/bin/true",
@@ -60,7 +69,7 @@ fn startup(bin: &Path, dir: &Path) -> Result<()> {
         dir.join("audit.jsonl"),
     );
     tools.push(Tool {
-        name: "calyx-run (default profile)",
+        name: CALYX_NAME,
         cmd: Box::new(move |_| {
             let mut c = Command::new(&calyx_run);
             c.arg("--lease").arg(&lease).arg("--trust").arg(&trust);
@@ -68,6 +77,29 @@ fn startup(bin: &Path, dir: &Path) -> Result<()> {
                 .arg(&state)
                 .arg("--audit-log")
                 .arg(&audit);
+            c.args(["--", "/usr/bin/true"]);
+            c
+        }),
+    });
+    // The same runner built without the lease ledger and receipts: what they cost.
+    fs::create_dir_all(dir.join("baseline"))
+        .map_err(|e| fail(format!("mkdir {}/baseline: {e}", dir.display())))?;
+    let (baseline, lease2, trust2, state2, audit2) = (
+        baseline.to_owned(),
+        make_lease(bin, &dir.join("baseline"))?,
+        dir.join("baseline/trust.toml"),
+        dir.join("baseline/state"),
+        dir.join("baseline/audit.jsonl"),
+    );
+    tools.push(Tool {
+        name: BASELINE_NAME,
+        cmd: Box::new(move |_| {
+            let mut c = Command::new(&baseline);
+            c.arg("--lease").arg(&lease2).arg("--trust").arg(&trust2);
+            c.arg("--state-dir")
+                .arg(&state2)
+                .arg("--audit-log")
+                .arg(&audit2);
             c.args(["--", "/usr/bin/true"]);
             c
         }),
@@ -148,6 +180,20 @@ fn startup(bin: &Path, dir: &Path) -> Result<()> {
         table.push_str(&format!(
             "| {} | {median:.2} | {p90:.2} | {ratio} |\n",
             t.name
+        ));
+    }
+    let at = |name: &str| {
+        tools
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| stats[i].0)
+    };
+    if let (Some(full), Some(base)) = (at(CALYX_NAME), at(BASELINE_NAME)) {
+        table.push_str(&format!(
+            "\nledger + receipts (issue 6) add {:.2} ms to the median start-up: {full:.2} ms \
+             with them, {base:.2} ms without (ratio {:.2})\n",
+            full - base,
+            full / base
         ));
     }
     println!("{table}");
