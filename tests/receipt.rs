@@ -78,7 +78,7 @@ fn receipt_verifies_and_binds_lease_executable_and_audit_line(user: User) {
     let mut sb = Sandbox::new();
     let (out, result, lease) = run(&mut sb, user, &[], &[]);
     out.assert_code(PAYLOAD_DONE)
-        .assert_stderr_has("calyx-run: receipt ");
+        .assert_absent("calyx-run: receipt ");
     let path = receipt_path(&result);
     assert_eq!(
         path,

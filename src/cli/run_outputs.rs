@@ -187,10 +187,9 @@ pub fn write_receipt(
         },
     };
     match receipt::write(&inputs.state_dir, &receipt, key) {
-        Ok(path) => {
-            eprintln!("calyx-run: receipt {}", path.display());
-            result.receipt = Some(path);
-        }
+        // Silent on success, like the rest of a good run: the path is in the JSON result
+        // (`receipt`) and is always STATE_DIR/receipts/<run id>.json.
+        Ok(path) => result.receipt = Some(path),
         Err(e) => {
             eprintln!("calyx-run: receipt not written: {e}; the run's exit code is unchanged");
             result.receipt_error = Some(e.to_string());

@@ -75,9 +75,13 @@ sys.exit(42)
         .assert_value_in("tioclinux", &["EPERM"])
         .assert_value_in("tiocsti_high_bits", &["EPERM"]);
     // Host side: an injected byte would be echoed back through the terminal; no output line
-    // of the payload contains an upper-case Q.
+    // of the payload contains an upper-case Q. (calyx-run's own lines may name temp paths,
+    // which can hold any letter.)
     assert!(
-        !out.stdout.contains('Q'),
+        !out.stdout
+            .lines()
+            .filter(|l| !l.starts_with("calyx-run:"))
+            .any(|l| l.contains('Q')),
         "a byte was injected into the terminal: {out}"
     );
     eprintln!("tiocsti: payload saw isatty = {:?}", out.value("isatty"));
@@ -402,8 +406,9 @@ sys.exit(42)
         "the daemon outlived the run: {survivors:?}\n{out}"
     );
     out.assert_code(PAYLOAD_DONE);
+    // Half the per-run bound: 10 s on a host, 60 s under the emulated VM tier.
     assert!(
-        out.elapsed < Duration::from_secs(10),
+        out.elapsed < common::run_deadline() / 2,
         "the run waited {:?} for its daemon\n{out}",
         out.elapsed
     );
