@@ -527,8 +527,9 @@ fn monitored_samples_follow_the_configured_interval() {
         .unwrap();
     let expected = run_ms / 500;
     assert!(
-        samples.len() >= 3
-            && (expected.saturating_sub(2)..=expected + 1).contains(&(samples.len() as u64)),
+        // The payload's own 2.2 s give at least 3; the whole run (start-up and teardown
+        // included) bounds them from above.
+        (3..=expected + 1).contains(&(samples.len() as u64)),
         "{} samples in a run of {run_ms} ms",
         samples.len()
     );
