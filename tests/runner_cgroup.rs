@@ -249,8 +249,12 @@ fn memory_bomb_under_64m_is_halted_or_oom_killed_and_says_which() {
     let t = Instant::now();
     let (out, r) = run_sh(&f, As::Caller, &lease, "a=x; while :; do a=$a$a; done");
     assert!(t.elapsed() < Duration::from_secs(30));
+    // The kernel lets a task that is already dying (OOM victim, fatal signal pending) charge past
+    // memory.max so that it can exit, so the peak may overshoot the limit by what the shell
+    // touches on its way out (1.1 MiB was seen under emulation). Bounded is what protects the
+    // host; 8 MiB of slack keeps that claim and tolerates the forced charge.
     assert!(
-        r["usage"]["memory_peak_bytes"].as_u64().unwrap() <= 64 << 20,
+        r["usage"]["memory_peak_bytes"].as_u64().unwrap() <= (64 << 20) + (8 << 20),
         "{r}"
     );
     match r["outcome"].as_str().unwrap() {
