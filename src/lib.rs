@@ -34,3 +34,4 @@ pub mod receipt;
 pub mod sentinel;
 pub mod stage;
 pub mod sys;
+pub mod timeline;
