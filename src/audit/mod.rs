@@ -233,6 +233,23 @@ impl AuditLog {
         })
     }
 
+    /// Makes every line this handle wrote durable (fdatasync, and the directory entry of a
+    /// file it created). For a [`Durability::Buffered`] line whose sync the caller overlaps
+    /// with other work; needs no lock, since whoever appended after it only adds data.
+    pub fn sync(&mut self) -> Result<(), AuditError> {
+        let werr = |op: &'static str, source| AuditError::Write {
+            op,
+            path: self.path.clone(),
+            source,
+        };
+        crate::sys::fs::fdatasync(self.file.as_fd()).map_err(|e| werr("syncing", e))?;
+        if self.created {
+            rotate::sync_dir(&self.path).map_err(|e| werr("syncing the directory of", e))?;
+            self.created = false;
+        }
+        Ok(())
+    }
+
     /// Takes the lock on the file that is at `path` now: a rotation may have renamed the file
     /// this handle holds, and a lock on the rotated file serializes nothing.
     fn lock_current(&mut self) -> Result<(), AuditError> {

@@ -127,6 +127,7 @@ pub fn main(args: Args) -> u8 {
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
     let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    crate::timeline::start(lookup("CALYX_TIMELINE").as_deref() == Some("1"), started);
     let mut loc = crate::paths::default_locations(ids.euid, &lookup);
     if let Some(d) = &args.state_dir {
         loc.audit_log = d.join("audit.jsonl");
@@ -156,7 +157,10 @@ pub fn main(args: Args) -> u8 {
         None
     } else {
         match AuditLog::open(&loc.audit_log, host.clone()) {
-            Ok(a) => Some(a),
+            Ok(a) => {
+                crate::timeline::mark("audit log opened");
+                Some(a)
+            }
             Err(e) => {
                 eprintln!("calyx-run: {e}");
                 return exit::SETUP_FAILED;
@@ -237,6 +241,7 @@ pub fn main(args: Args) -> u8 {
         started,
     );
     emit(&args, &result);
+    crate::timeline::print("calyx-run");
     code
 }
 
@@ -259,6 +264,7 @@ fn prepare(
 ) -> Result<Prepared, (Option<(String, String)>, Stop)> {
     let policy = TrustPolicy::load(trust, ids.uid)
         .map_err(|e| (None, stop(e.exit_code(), Outcome::Rejected, e.to_string())))?;
+    crate::timeline::mark("trust policy loaded");
     let raw = verify::read_lease_file(&args.lease).map_err(|e| {
         (
             None,
@@ -276,6 +282,7 @@ fn prepare(
         )
     })?;
     let lease = verified.lease;
+    crate::timeline::mark("lease read and verified");
     let with = |l: &Lease, s: Stop| (Some((l.lease_id.clone(), l.intent_id.clone())), s);
     let profile = Profile::builtin(&lease.profile).map_err(|e| {
         with(
@@ -289,7 +296,9 @@ fn prepare(
             stop(e.exit_code(), Outcome::Rejected, e.to_string()),
         )
     })?;
+    crate::timeline::mark("profile resolved");
     let features = features::probe(ids.euid);
+    crate::timeline::mark("host features probed");
     let input = PlanInput {
         lease: &lease,
         profile: &spec,
@@ -307,12 +316,14 @@ fn prepare(
         };
         with(&lease, stop(e.exit_code(), outcome, e.to_string()))
     })?;
+    crate::timeline::mark("planned");
     let sealed = match key_source {
         None => None,
         Some(src) => {
             let key = run_outputs::host_key_for_run(src)
                 .map_err(|msg| with(&lease, stop(exit::BAD_CONFIG, Outcome::Rejected, msg)))?;
             let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw));
+            crate::timeline::mark("host key loaded, lease hashed");
             Some((key, digest))
         }
     };
@@ -380,17 +391,15 @@ fn run_planned(
         );
         exit::SETUP_FAILED
     };
-    // The ledger opens before anything is created: a run it cannot record does not start.
-    // The use itself is taken after the clone, in `Hooks::released` (see there why).
-    let mut lease_use = match RunUse::open(state_dir, lease, &ids.run_id) {
-        Ok(u) => u,
-        Err(e) => return fail(result, audit, e.to_string()),
-    };
+    // The ledger is opened and the use taken on a thread from the clone on (`Hooks`); a run
+    // it cannot record, or refuses, never starts its payload.
+    let mut lease_use = RunUse::new(state_dir, lease, &ids.run_id);
     // Everything the child will need is built now, before the clone (2 in SPEC §4.1).
     let mut confine = match Confinement::prepare(plan, profile) {
         Ok(c) => c,
         Err(e) => return fail(result, audit, e.to_string()),
     };
+    crate::timeline::mark("confinement prepared (seccomp compiled)");
     // Stage 3, before the clone: the cgroup exists with its limits read back, so init is
     // born inside it and nothing of the run escapes accounting.
     let resources = match resources::setup(&resources::SetupInput {
@@ -408,6 +417,7 @@ fn run_planned(
         Ok(r) => r,
         Err(refusal) => return fail(result, audit, refusal),
     };
+    crate::timeline::mark("cgroup created, limits read back");
     confine.add_fallback_rlimits(&resources.fallback);
     let mut enforcement = Enforcement::planned(plan, &confine);
     enforcement.cgroup = resources.status.clone();
@@ -435,6 +445,7 @@ fn run_planned(
         remove_unused(watched.as_ref());
         return fail(result, audit, e.to_string());
     }
+    crate::timeline::mark("init context built, VERIFIED buffered");
     let timeout = Duration::from_millis(plan.timeout_ms);
     let mut hooks = Hooks {
         audit: &mut *audit,
@@ -493,6 +504,7 @@ fn run_planned(
     let payload_ran = !matches!(report.outcome, Outcome::Rejected | Outcome::SetupFailed);
     if payload_ran {
         run_outputs::persist_artifacts(plan, state_dir, audit, ids, result);
+        crate::timeline::mark("artifacts persisted");
     }
     // A pinned digest that does not match is a lease refusal found late (on the opened file).
     let name = if report.outcome == Outcome::Timeout {
@@ -511,24 +523,54 @@ fn run_planned(
     if let Some(h) = &report.halt {
         fields["halt"] = json!(h);
     }
-    let closing = match audit.append(name, ids, fields, Durability::Synced) {
-        Ok(appended) => Some(appended),
+    // The closing record is written, then three things happen at once, each with its own
+    // sync, which the file system can commit together: the record's fdatasync, the receipt
+    // (bound to the record's hash, known once it is written), and the ledger's last outcome.
+    let written = audit.append(name, ids, fields, Durability::Buffered);
+    let outcome = serde_json::to_value(report.outcome).unwrap_or_default();
+    let (closing, ledger_end) = std::thread::scope(|scope| {
+        let syncing = written.is_ok().then(|| scope.spawn(|| audit.sync()));
+        let finishing = scope.spawn(|| {
+            // Not synced: the FINISHED record is the durable account of the run.
+            lease_use.finish(outcome.as_str().unwrap_or("unknown"), report.exit_code)
+        });
+        if let Some(r) = receipt {
+            let executable = exe_job.map(crate::receipt::ExeDigestJob::finish);
+            let closing = written.as_ref().ok().cloned();
+            run_outputs::write_receipt(r, plan, executable, result, closing);
+            crate::timeline::mark("receipt signed and written");
+        }
+        let synced = match syncing.map(|h| h.join()) {
+            None => written.map(drop).map_err(|e| e.to_string()),
+            Some(Ok(r)) => r.map_err(|e| e.to_string()),
+            Some(Err(_)) => Err("the thread syncing the audit log died".to_owned()),
+        };
+        let ledger_end = match finishing.join() {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the thread recording the run's end in the ledger died".to_owned()),
+        };
+        (synced, ledger_end)
+    });
+    match closing {
+        Ok(()) => crate::timeline::mark("closing record synced"),
         Err(e) => {
             eprintln!("calyx-run: {e}");
-            None
+            // A receipt must bind a record that is on disk: one written beside a sync that
+            // failed is withdrawn.
+            if let Some(path) = result.receipt.take() {
+                let _ = std::fs::remove_file(&path);
+                result.receipt_error = Some(format!(
+                    "receipt withdrawn: the closing audit record could not be synced: {e}"
+                ));
+            }
         }
-    };
-    // After the closing audit line, whose hash the receipt binds.
-    if let Some(r) = receipt {
-        let executable = exe_job.map(crate::receipt::ExeDigestJob::finish);
-        run_outputs::write_receipt(r, plan, executable, result, closing);
     }
-    // The ledger's "last outcome" (not synced: the FINISHED record above is the durable one).
-    let outcome = serde_json::to_value(report.outcome).unwrap_or_default();
-    if let Err(e) = lease_use.finish(outcome.as_str().unwrap_or("unknown"), report.exit_code) {
+    if let Err(e) = ledger_end {
         eprintln!("calyx-run: {e}");
     }
+    crate::timeline::mark("ledger outcome recorded");
     teardown.wait();
+    crate::timeline::mark("cgroup removed (teardown joined)");
     report.exit_code
 }
 
@@ -544,18 +586,23 @@ struct Hooks<'a> {
 }
 
 impl parent::RunHooks for Hooks<'_> {
-    fn released(&mut self) -> Result<(), String> {
-        // After the clone the runner may have threads; the payload does not exist yet.
+    fn cloned(&mut self) {
+        // The runner may have threads from here on; the payload does not exist yet. The
+        // ledger's open and commit and the executable's digest run beside the rest of the
+        // setup (uid/gid maps, the sentinel, init building its view).
+        self.lease_use.begin();
         self.exe_job = self.exe_job.take().map(crate::receipt::ExeDigestJob::start);
-        // The lease's use is taken here, after init was released to build its view but
-        // before Start lets it fork the payload: the use's fsync overlaps init's mounts on the
-        // other core and the v1 cgroup placement. Taken before the clone it cost measurably
-        // more (README, Ledger). A refusal, or a ledger that cannot record the use, returns
-        // Err and the parent kills init before Start: nothing of the payload has run. It comes
-        // before STARTED, so a refused run has no start record.
+    }
+
+    fn released(&mut self) -> Result<(), String> {
+        // The use must be granted before Start lets init fork the payload. A refusal, or a
+        // ledger that cannot record the use, returns Err and the parent kills init before
+        // Start: nothing of the payload has run. It comes before STARTED, so a refused run
+        // has no start record.
         self.lease_use
             .take()
             .map_err(|stop: UseStop| stop.to_string())?;
+        crate::timeline::mark("lease use taken (ledger synced)");
         // STARTED is on disk before the payload can exist: no run without its record. It
         // carries the planned enforcement; FINISHED carries what init achieved.
         self.audit
@@ -565,7 +612,7 @@ impl parent::RunHooks for Hooks<'_> {
                 json!({"argv": self.plan.argv, "profile": self.plan.profile, "enforcement": self.enforcement}),
                 Durability::Synced,
             )
-            .map(drop)
+            .map(|_| crate::timeline::mark("STARTED synced"))
             .map_err(|e| e.to_string())
     }
 

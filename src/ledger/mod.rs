@@ -226,7 +226,8 @@ pub struct LeaseStatus {
 }
 
 /// The storage interface: the embedded [`SqliteLedger`], or a shared server for a fleet.
-pub trait Ledger {
+/// `Send`: calyx-run takes the use on a thread of its own (see [`run_use`]).
+pub trait Ledger: Send {
     /// Atomically decides and, when granted, records one use of `lease` by `run_id`: the
     /// check and the increment are one transaction, so `max_uses` holds exactly however many
     /// runners ask at once. Also stores the lease's record if the ledger has none yet.

@@ -1,27 +1,52 @@
 //! calyx-run's side of the ledger: one use taken before the payload starts, the run's end
 //! recorded after it.
 //!
-//! `cli::run` opens the ledger before the clone (an unusable ledger refuses the run, 125,
-//! before anything is created), then takes the use in the window after init is released and
-//! before the payload may start, where it overlaps init's own setup on the other core; a
-//! refusal there kills the unreleased init, so nothing of the payload has run.
+//! Nothing of the ledger runs before the clone, where the runner must stay single-threaded:
+//! [`RunUse::begin`], called right after it, opens the ledger and takes the use on a thread of
+//! its own, so the open (the first statement rebuilds SQLite's WAL index) and the commit's
+//! fsync overlap the uid/gid maps, the sentinel's start and init building its view.
+//! [`RunUse::take`] waits for that answer before the payload may start; a refusal, or a
+//! ledger that cannot be opened or written, kills the unreleased init, so nothing of the
+//! payload has run (77 or 125).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use time::OffsetDateTime;
 
 use super::{Decision, LeaseRecord, Ledger, LedgerError, Refusal, RunEnd, SqliteLedger};
 use crate::lease::model::Lease;
 
+/// The storage a run uses: None only in a `bench-baseline` build (see Cargo.toml).
+type Store = Option<Box<dyn Ledger>>;
+
+/// What the thread of [`RunUse::begin`] hands back: the store (when it opened) and whether
+/// the use was granted.
+type Taken = (Store, Result<(), UseStop>);
+
 /// One run's use of one lease.
 pub struct RunUse {
-    /// None only in a `bench-baseline` build (see Cargo.toml): no ledger at all.
-    ledger: Option<Box<dyn Ledger>>,
+    state: State,
     record: LeaseRecord,
     run_id: String,
     consumed: bool,
     refusal: Option<Refusal>,
+}
+
+enum State {
+    /// Not opened yet: the embedded ledger of this state directory.
+    Closed(PathBuf),
+    /// Opened (a test double or a fleet's store), use not taken yet.
+    Open(Store),
+    /// Open and take running on a thread.
+    Taking(JoinHandle<Taken>),
+    /// The use was decided (or failed): the store stays for [`RunUse::finish`].
+    Decided(Store),
+    /// The thread could not be started (the process is out of threads): the run refuses.
+    NoThread(std::io::Error),
+    /// A second take: nothing more to do.
+    Spent,
 }
 
 /// Why the use could not be taken: the run must not start.
@@ -31,6 +56,8 @@ pub enum UseStop {
     Refused(Refusal),
     /// The ledger failed, or stayed locked past its timeout (125).
     Failed(LedgerError),
+    /// The thread taking the use died, or none could be started (125).
+    Lost(Option<std::io::Error>),
 }
 
 impl fmt::Display for UseStop {
@@ -38,31 +65,34 @@ impl fmt::Display for UseStop {
         match self {
             UseStop::Refused(r) => write!(f, "refused: {r}"),
             UseStop::Failed(e) => write!(f, "{e}"),
+            UseStop::Lost(None) => write!(f, "the lease ledger's thread died before it answered"),
+            UseStop::Lost(Some(e)) => write!(f, "starting the lease ledger's thread: {e}"),
         }
     }
 }
 
 impl RunUse {
-    /// Opens the embedded ledger of `state_dir` for `lease`, run `run_id`.
-    pub fn open(state_dir: &Path, lease: &Lease, run_id: &str) -> Result<RunUse, LedgerError> {
-        if cfg!(feature = "bench-baseline") {
+    /// The embedded ledger of `state_dir`, for `lease`, run `run_id`. Opens nothing yet.
+    pub fn new(state_dir: &Path, lease: &Lease, run_id: &str) -> RunUse {
+        let state = if cfg!(feature = "bench-baseline") {
             // The benchmark's baseline build measures calyx-run without the ledger.
-            return Ok(RunUse {
-                ledger: None,
-                record: LeaseRecord::of(lease),
-                run_id: run_id.to_owned(),
-                consumed: false,
-                refusal: None,
-            });
+            State::Open(None)
+        } else {
+            State::Closed(state_dir.to_owned())
+        };
+        RunUse {
+            state,
+            record: LeaseRecord::of(lease),
+            run_id: run_id.to_owned(),
+            consumed: false,
+            refusal: None,
         }
-        let ledger = SqliteLedger::open_in(state_dir)?;
-        Ok(Self::with(Box::new(ledger), LeaseRecord::of(lease), run_id))
     }
 
     /// With any backend (a fleet's shared store, or a test double).
     pub fn with(ledger: Box<dyn Ledger>, record: LeaseRecord, run_id: &str) -> RunUse {
         RunUse {
-            ledger: Some(ledger),
+            state: State::Open(Some(ledger)),
             record,
             run_id: run_id.to_owned(),
             consumed: false,
@@ -70,23 +100,56 @@ impl RunUse {
         }
     }
 
-    /// Takes one use, durably, or says why not. Called once, before the payload can start.
-    pub fn take(&mut self) -> Result<(), UseStop> {
-        let Some(ledger) = self.ledger.as_mut() else {
-            return Ok(());
+    /// Starts opening the ledger and taking the use on a thread. Call only where the process
+    /// may have threads (after the clone). Without it, [`take`](Self::take) does the work
+    /// itself.
+    pub fn begin(&mut self) {
+        let state = std::mem::replace(&mut self.state, State::Spent);
+        let (record, run_id) = (self.record.clone(), self.run_id.clone());
+        let work: Box<dyn FnOnce() -> Taken + Send> = match state {
+            State::Closed(dir) => Box::new(move || match SqliteLedger::open_in(&dir) {
+                Ok(l) => take_on(Some(Box::new(l)), &record, &run_id),
+                Err(e) => (None, Err(UseStop::Failed(e))),
+            }),
+            State::Open(store) => Box::new(move || take_on(store, &record, &run_id)),
+            other => {
+                self.state = other;
+                return;
+            }
         };
-        let decision = ledger
-            .consume(&self.record, &self.run_id, OffsetDateTime::now_utc())
-            .map_err(UseStop::Failed)?;
-        match decision {
-            Decision::Granted { .. } => {
+        let spawned = std::thread::Builder::new()
+            .name("calyx:ledger".into())
+            .spawn(work);
+        self.state = match spawned {
+            Ok(handle) => State::Taking(handle),
+            Err(e) => State::NoThread(e),
+        };
+    }
+
+    /// Takes one use, durably, or says why not: waits for [`begin`](Self::begin)'s thread,
+    /// or does the work here. Called once, before the payload can start.
+    pub fn take(&mut self) -> Result<(), UseStop> {
+        let (store, answer) = match std::mem::replace(&mut self.state, State::Spent) {
+            State::Taking(h) => h.join().unwrap_or((None, Err(UseStop::Lost(None)))),
+            State::NoThread(e) => (None, Err(UseStop::Lost(Some(e)))),
+            State::Closed(dir) => match SqliteLedger::open_in(&dir) {
+                Ok(l) => take_on(Some(Box::new(l)), &self.record, &self.run_id),
+                Err(e) => (None, Err(UseStop::Failed(e))),
+            },
+            State::Open(store) => take_on(store, &self.record, &self.run_id),
+            State::Decided(_) | State::Spent => (None, Err(UseStop::Lost(None))),
+        };
+        self.state = State::Decided(store);
+        match answer {
+            Ok(()) => {
                 self.consumed = true;
                 Ok(())
             }
-            Decision::Refused(r) => {
+            Err(UseStop::Refused(r)) => {
                 self.refusal = Some(r.clone());
                 Err(UseStop::Refused(r))
             }
+            Err(other) => Err(other),
         }
     }
 
@@ -98,7 +161,7 @@ impl RunUse {
     /// Records how the run ended, when it consumed a use (a refused or never-started run has
     /// nothing to record).
     pub fn finish(&mut self, outcome: &str, exit_code: u8) -> Result<(), LedgerError> {
-        let (true, Some(ledger)) = (self.consumed, self.ledger.as_mut()) else {
+        let (true, State::Decided(Some(ledger))) = (self.consumed, &mut self.state) else {
             return Ok(());
         };
         let end = RunEnd {
@@ -108,6 +171,19 @@ impl RunUse {
         };
         ledger.record_end(&end, OffsetDateTime::now_utc())
     }
+}
+
+/// One use of `record` on `store` (no store: the bench-baseline build, always granted).
+fn take_on(mut store: Store, record: &LeaseRecord, run_id: &str) -> Taken {
+    let Some(ledger) = store.as_mut() else {
+        return (store, Ok(()));
+    };
+    let answer = match ledger.consume(record, run_id, OffsetDateTime::now_utc()) {
+        Ok(Decision::Granted { .. }) => Ok(()),
+        Ok(Decision::Refused(r)) => Err(UseStop::Refused(r)),
+        Err(e) => Err(UseStop::Failed(e)),
+    };
+    (store, answer)
 }
 
 #[cfg(test)]

@@ -73,6 +73,10 @@ pub struct Usage {
 
 /// The run's side of the caller: its audit records.
 pub trait RunHooks {
+    /// Called right after the clone, in the parent, which may start threads from here on:
+    /// work that must be done before the payload starts can begin here and overlap the rest
+    /// of the setup.
+    fn cloned(&mut self) {}
     /// Called right after init is released: writes exec_event.STARTED (synced) while init
     /// works on the other core; Err(reason) aborts the run.
     fn released(&mut self) -> Result<(), String>;
@@ -216,6 +220,8 @@ pub fn run(
         }
         Ok(Cloned::Parent { pid, pidfd }) => (pid, pidfd),
     };
+    crate::timeline::mark("cloned");
+    hooks.cloned();
     drop(init_end);
     drop(cgroup_fd);
     drop(cgroup_tasks);
@@ -234,6 +240,7 @@ pub fn run(
         let _ = sproc::wait4(pid, false);
         return fail(report, format!("releasing init: {e}"));
     }
+    crate::timeline::mark("maps written, init released");
     // Housekeeping beside init's setup: cgroups left by SIGKILLed runners are swept on a
     // thread of their own (threads are fine now that the clone is done), joined at the end.
     let sweeper = sweep.and_then(|layout| {
@@ -262,6 +269,7 @@ pub fn run(
             }
         }
     };
+    crate::timeline::mark("sentinel started");
     // The ENOSYS fallback: init joins the v2 cgroup while STARTED is synced, and before
     // Start lets it fork the payload, so nothing the payload runs escapes accounting. Moving
     // another process waits for an RCU grace period (milliseconds); overlapping it with the
@@ -283,7 +291,10 @@ pub fn run(
         .and_then(|()| placed.map_err(|e| format!("placing init in the run's cgroup: {e}")));
     match ready {
         Ok(()) => match parent_end.send(Msg::Start) {
-            Ok(()) => report.started = true,
+            Ok(()) => {
+                crate::timeline::mark("payload released (Start sent)");
+                report.started = true
+            }
             Err(e) => report.error = Some(format!("starting the payload: {e}")),
         },
         Err(why) => {
@@ -367,7 +378,10 @@ pub fn run(
         };
         if channel_open && rev[2] != 0 {
             match parent_end.recv() {
-                Ok(Some(Msg::Ready { landlock, abi })) => report.landlock = Some((landlock, abi)),
+                Ok(Some(Msg::Ready { landlock, abi })) => {
+                    crate::timeline::mark("init ready (view built, confined)");
+                    report.landlock = Some((landlock, abi))
+                }
                 Ok(Some(Msg::SetupFailed { step, errno })) => {
                     setup_failed = true;
                     report.error = Some(format!(
@@ -379,6 +393,7 @@ pub fn run(
                 Ok(Some(Msg::HashMismatch)) => hash_mismatch = true,
                 Ok(Some(Msg::ExecFailed { errno })) => exec_errno = Some(errno),
                 Ok(Some(Msg::Exited { status })) => {
+                    crate::timeline::mark("payload exited");
                     payload_status = Some(status);
                     // The payload is reaped: its usage is final, and the sentinel's last
                     // reading can run while init's namespaces are torn down.
@@ -411,6 +426,7 @@ pub fn run(
     }
     // init is gone (or going): reap it and collect what it reported last.
     let waited = sproc::wait4(pid, false);
+    crate::timeline::mark("init reaped");
     while channel_open {
         match parent_end.recv() {
             Ok(Some(Msg::ExecFailed { errno })) => exec_errno = Some(errno),
@@ -430,6 +446,7 @@ pub fn run(
     // Stage 15: stop the sentinel (its last reading completes the usage) and record what it
     // saw last; `cleanup` then kills whatever is left and removes the cgroup.
     let cg_usage = sentinel.map(watch::Sentinel::stop);
+    crate::timeline::mark("sentinel stopped (last reading)");
     while let Ok(ev) = rx.try_recv() {
         halted |= note_event(&mut report, &ev);
         hooks.sentinel_event(&ev);
