@@ -413,6 +413,24 @@ pub fn calyx_ok<S: AsRef<OsStr>>(args: &[S]) -> Outcome {
     out
 }
 
+/// Runs a `calyx` command in this process, through the same parser and entry point as the
+/// binary, and asserts it succeeded. For the lease every scenario issues and cosigns: three
+/// process starts per run cost more than the sandboxed run itself under the VM tier's
+/// emulation. The binary's own behaviour is tested by `cli_calyx` and the key fixture.
+pub fn calyx_in_process<S: AsRef<OsStr>>(args: &[S]) {
+    use clap::Parser as _;
+    let argv: Vec<OsString> = std::iter::once(OsString::from("calyx"))
+        .chain(args.iter().map(|a| a.as_ref().to_os_string()))
+        .collect();
+    let cli = calyx::cli::calyx::Cli::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("calyx {argv:?} does not parse: {e}"));
+    let code = calyx::cli::calyx::run(cli);
+    assert!(
+        code == std::process::ExitCode::SUCCESS,
+        "calyx {argv:?} failed: {code:?}"
+    );
+}
+
 /// Sets the permission bits of `p`.
 pub fn set_mode(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode))
