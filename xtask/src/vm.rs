@@ -61,10 +61,13 @@ const HOST_FILES: &[(&str, &str)] = &[
 
 const USAGE: &str = "usage: cargo xtask vm-test [--kernel 6.12|6.1|all] [--keep]
                        [--accel auto|tcg|kvm] [--timeout SECS] [--test-timeout SECS]
-                       [--threads N] [--memory MIB]
+                       [--threads N] [--memory MIB] [--only SELECTOR,...]
+                       [--report-time]
 
 Boots Debian cloud kernels under qemu with a pure cgroup v2 hierarchy and runs the VM test
-list inside as root. --keep leaves the initramfs staging tree in target/vm/root.";
+list inside as root. --keep leaves the initramfs staging tree in target/vm/root. --only runs
+a subset of the list (for working on one suite; `vm_env` always runs first), and
+--report-time prints each test's duration (libtest's unstable --report-time).";
 
 /// Options of one run; the defaults are what `cargo xtask ci` uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +81,9 @@ struct Options {
     test_limit: Duration,
     threads: u32,
     memory: u32,
+    /// Selectors replacing [`VM_TESTS`] (after `vm_env`), when given.
+    only: Option<Vec<String>>,
+    report_time: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +104,8 @@ impl Default for Options {
             test_limit: Duration::from_secs(600),
             threads: 2,
             memory: 2048,
+            only: None,
+            report_time: false,
         }
     }
 }
@@ -152,6 +160,19 @@ fn parse_options(args: &[String]) -> Result<Options> {
             }
             "--threads" => o.threads = small_number(&value("--threads")?)?,
             "--memory" => o.memory = small_number(&value("--memory")?)?,
+            "--only" => {
+                let list: Vec<String> = value("--only")?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                if list.is_empty() {
+                    return Err(fail(format!("--only needs at least one selector\n{USAGE}")));
+                }
+                o.only = Some(list);
+            }
+            "--report-time" => o.report_time = true,
             other => return Err(fail(format!("unknown argument {other:?}\n{USAGE}"))),
         }
     }
@@ -185,7 +206,14 @@ fn run(opts: &Options) -> Result<()> {
 
     header("vm: test binaries");
     let build = build_tests()?;
-    let chosen = targets::select(VM_TESTS, &build.tests)?;
+    let selectors: Vec<&str> = match &opts.only {
+        // The environment check stays first: a subset run on the wrong VM proves nothing.
+        Some(only) => std::iter::once("vm_env")
+            .chain(only.iter().map(String::as_str).filter(|s| *s != "vm_env"))
+            .collect(),
+        None => VM_TESTS.to_vec(),
+    };
+    let chosen = targets::select(&selectors, &build.tests)?;
     for t in &chosen {
         println!("vm: runs {} ({})", t.name, t.path.display());
     }
@@ -403,10 +431,11 @@ fn boot_one(
         memory: opts.memory,
         cmdline: format!(
             "console=ttyS0 quiet panic=-1 calyx.kernel={} calyx.nonce={nonce} \
-             calyx.threads={} calyx.test_timeout={}",
+             calyx.threads={} calyx.test_timeout={} calyx.report_time={}",
             k.series.name,
             opts.threads,
-            opts.test_limit.as_secs()
+            opts.test_limit.as_secs(),
+            u8::from(opts.report_time)
         ),
         limit: opts.boot_limit,
         log: &log,
@@ -471,11 +500,15 @@ mod tests {
         assert_eq!(o.accel, AccelChoice::Force(Accel::Tcg));
         assert_eq!(o.boot_limit, Duration::from_secs(60));
         assert_eq!(parse(&["--kernel", "all"]).unwrap().kernels.len(), 2);
+        let o = parse(&["--only", "escape, runner_*", "--report-time"]).unwrap();
+        assert_eq!(o.only.unwrap(), ["escape", "runner_*"]);
+        assert!(o.report_time);
         for bad in [
             &["--kernel", "5.10"][..],
             &["--kernel"],
             &["--timeout", "0"],
             &["--threads", "x"],
+            &["--only", " , "],
             &["--frobnicate"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");

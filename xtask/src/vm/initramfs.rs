@@ -30,9 +30,12 @@ pub const HOST_PACKAGES: &[&str] = &["coreutils"];
 /// The Python standard library (ctypes, subprocess, socket… for test payloads).
 const PYTHON_LIB: &str = "/usr/lib/python3.11";
 /// Parts of the standard library no payload uses; skipping them saves most of its size (the
-/// config directory alone holds a 25 MB static libpython).
+/// config directory alone holds a 25 MB static libpython). The compiled `__pycache__` files
+/// stay (11 MB): without them every Python start inside a sandbox, where the library is
+/// read-only, compiles each module it imports from source, which under emulation is most of
+/// what a test payload costs. They are valid only next to sources with the host's mtimes,
+/// which [`Tree::add`] keeps.
 const PYTHON_SKIP: &[&str] = &[
-    "__pycache__",
     "config-3.11-x86_64-linux-gnu",
     "test",
     "idlelib",
@@ -179,6 +182,16 @@ impl Tree {
                     dest.display()
                 ))
             })?;
+            // The host's mtime, which cpio keeps: Python trusts a .pyc only when the
+            // modification time of its source matches the one recorded inside it.
+            let keep_mtime = meta.modified().and_then(|t| {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&dest)?
+                    .set_modified(t)
+            });
+            keep_mtime
+                .map_err(|e| fail(format!("setting the mtime of {}: {e}", dest.display())))?;
             if is_elf(host) {
                 self.elves.push(host.to_path_buf());
             }
