@@ -312,3 +312,53 @@ fn concurrent_runners_share_one_chain() {
     }
     assert_eq!(r.lines as usize, events.len());
 }
+
+/// `CALYX_TIMELINE=1` prints where the run's time went, phase by phase and in order, after
+/// the run; without it calyx-run prints nothing on a good run.
+#[test]
+fn timeline_is_printed_only_when_asked() {
+    if !common::tier_ready(User::Root, "timeline_is_printed_only_when_asked") {
+        return;
+    }
+    let mut sb = Sandbox::new().commands(&["/usr/bin/true"]);
+    let quiet = sb.run_as(User::Root, &["/usr/bin/true"]);
+    quiet.assert_code(0);
+    assert_eq!(quiet.stderr, "", "{quiet}");
+
+    let lease = sb.prepared_lease();
+    let argv = sb.run_argv(User::Root, &lease, &["/usr/bin/true"]);
+    let env = [("CALYX_TIMELINE".to_owned(), "1".to_owned())];
+    let out = Running::start(&argv, &env, None).finish(run_deadline());
+    out.assert_code(0);
+    let phases: Vec<(f64, &str)> = out
+        .stderr
+        .lines()
+        .map(|l| {
+            let rest = l
+                .strip_prefix("calyx-run: timeline ")
+                .unwrap_or_else(|| panic!("not a timeline line: {l:?}"));
+            let (ms, name) = rest.trim_start().split_once(" ms ").unwrap();
+            let name = name.split_once(")  ").unwrap().1;
+            (ms.parse().unwrap(), name)
+        })
+        .collect();
+    let names: Vec<&str> = phases.iter().map(|p| p.1).collect();
+    for must in [
+        "lease read and verified",
+        "cloned",
+        "lease use taken (ledger synced)",
+        "STARTED synced",
+        "payload exited",
+        "closing record synced",
+        "receipt signed and written",
+    ] {
+        assert!(names.contains(&must), "{must:?} missing: {names:?}");
+    }
+    let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(pos("cloned") < pos("STARTED synced"), "{names:?}");
+    assert!(pos("STARTED synced") < pos("payload exited"), "{names:?}");
+    assert!(
+        phases.windows(2).all(|w| w[0].0 <= w[1].0),
+        "times go backwards: {phases:?}"
+    );
+}

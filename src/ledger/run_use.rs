@@ -74,6 +74,11 @@ impl fmt::Display for UseStop {
 impl RunUse {
     /// The embedded ledger of `state_dir`, for `lease`, run `run_id`. Opens nothing yet.
     pub fn new(state_dir: &Path, lease: &Lease, run_id: &str) -> RunUse {
+        Self::in_dir(state_dir, LeaseRecord::of(lease), run_id)
+    }
+
+    /// [`new`](Self::new) for a lease record.
+    pub fn in_dir(state_dir: &Path, record: LeaseRecord, run_id: &str) -> RunUse {
         let state = if cfg!(feature = "bench-baseline") {
             // The benchmark's baseline build measures calyx-run without the ledger.
             State::Open(None)
@@ -82,7 +87,7 @@ impl RunUse {
         };
         RunUse {
             state,
-            record: LeaseRecord::of(lease),
+            record,
             run_id: run_id.to_owned(),
             consumed: false,
             refusal: None,
@@ -111,6 +116,11 @@ impl RunUse {
                 Ok(l) => take_on(Some(Box::new(l)), &record, &run_id),
                 Err(e) => (None, Err(UseStop::Failed(e))),
             }),
+            // No store (bench-baseline): nothing to wait for, no thread.
+            State::Open(None) => {
+                self.state = State::Open(None);
+                return;
+            }
             State::Open(store) => Box::new(move || take_on(store, &record, &run_id)),
             other => {
                 self.state = other;
@@ -199,6 +209,47 @@ mod tests {
             expires_at: "2026-11-23T00:00:00Z".into(),
             max_uses,
         }
+    }
+
+    #[test]
+    fn a_use_begun_on_a_thread_is_taken_exactly_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Nothing is opened before begin/take: a state directory that does not exist yet
+        // is created by the thread.
+        let dir = tmp.path().join("state");
+        let mut first = RunUse::in_dir(&dir, record(1), "RUN-1");
+        assert!(!dir.exists());
+        first.begin();
+        first.take().unwrap();
+        first.finish("exited", 0).unwrap();
+        // A second take of the same RunUse is not a second use.
+        assert!(matches!(first.take(), Err(UseStop::Lost(None))));
+        let mut second = RunUse::in_dir(&dir, record(1), "RUN-2");
+        second.begin();
+        let stop = second.take().unwrap_err();
+        assert!(matches!(stop, UseStop::Refused(_)), "{stop}");
+        assert!(second.refusal().is_some());
+        // Without begin, take does the work itself.
+        let mut third = RunUse::in_dir(&dir, record(1), "RUN-3");
+        assert!(matches!(third.take(), Err(UseStop::Refused(_))));
+        let rows = SqliteLedger::open_in(&dir).unwrap().list().unwrap();
+        assert_eq!(
+            (rows[0].used, rows[0].last_run_id.as_deref()),
+            (1, Some("RUN-1"))
+        );
+    }
+
+    #[test]
+    fn a_ledger_that_cannot_open_stops_the_run_from_the_thread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let mut u = RunUse::in_dir(&file.join("state"), record(1), "RUN-1");
+        u.begin();
+        let stop = u.take().unwrap_err();
+        assert!(matches!(stop, UseStop::Failed(_)), "{stop}");
+        assert!(u.refusal().is_none());
+        u.finish("setup_failed", 125).unwrap();
     }
 
     #[test]
