@@ -333,11 +333,7 @@ impl AuditLog {
             ));
         }
         if durability == Durability::Synced {
-            crate::sys::fs::fdatasync(self.file.as_fd()).map_err(|e| werr("syncing", e))?;
-            if self.created {
-                rotate::sync_dir(&self.path).map_err(|e| werr("syncing the directory of", e))?;
-                self.created = false;
-            }
+            self.sync()?;
         }
         let text = line.strip_suffix('\n').unwrap_or(&line);
         Ok(Step::Written(Appended {

@@ -112,10 +112,7 @@ impl RunUse {
         let state = std::mem::replace(&mut self.state, State::Spent);
         let (record, run_id) = (self.record.clone(), self.run_id.clone());
         let work: Box<dyn FnOnce() -> Taken + Send> = match state {
-            State::Closed(dir) => Box::new(move || match SqliteLedger::open_in(&dir) {
-                Ok(l) => take_on(Some(Box::new(l)), &record, &run_id),
-                Err(e) => (None, Err(UseStop::Failed(e))),
-            }),
+            State::Closed(dir) => Box::new(move || open_and_take(&dir, &record, &run_id)),
             // No store (bench-baseline): nothing to wait for, no thread.
             State::Open(None) => {
                 self.state = State::Open(None);
@@ -142,10 +139,7 @@ impl RunUse {
         let (store, answer) = match std::mem::replace(&mut self.state, State::Spent) {
             State::Taking(h) => h.join().unwrap_or((None, Err(UseStop::Lost(None)))),
             State::NoThread(e) => (None, Err(UseStop::Lost(Some(e)))),
-            State::Closed(dir) => match SqliteLedger::open_in(&dir) {
-                Ok(l) => take_on(Some(Box::new(l)), &self.record, &self.run_id),
-                Err(e) => (None, Err(UseStop::Failed(e))),
-            },
+            State::Closed(dir) => open_and_take(&dir, &self.record, &self.run_id),
             State::Open(store) => take_on(store, &self.record, &self.run_id),
             State::Decided(_) | State::Spent => (None, Err(UseStop::Lost(None))),
         };
@@ -180,6 +174,14 @@ impl RunUse {
             exit_code,
         };
         ledger.record_end(&end, OffsetDateTime::now_utc())
+    }
+}
+
+/// Opens the embedded ledger of `dir` and takes one use of `record` on it.
+fn open_and_take(dir: &Path, record: &LeaseRecord, run_id: &str) -> Taken {
+    match SqliteLedger::open_in(dir) {
+        Ok(l) => take_on(Some(Box::new(l)), record, run_id),
+        Err(e) => (None, Err(UseStop::Failed(e))),
     }
 }
 

@@ -120,14 +120,10 @@ impl Sandbox {
             exec: Vec::new(),
             commands: vec![format!("{PYTHON} -c *")],
             network: Net::None,
-            // A run's own limit, above any healthy run: 15 s on a host, and in the VM tier,
-            // where emulation is about 13 times slower and a racing test loads the guest,
-            // the same scale as run_deadline() (a 15 s limit timed out a healthy run there).
-            timeout_secs: if super::run_deadline() > std::time::Duration::from_secs(20) {
-                90
-            } else {
-                15
-            },
+            // A run's own limit, above any healthy run: 15 s on a host, 90 s in the VM tier,
+            // where emulation is about 13 times slower and a racing test loads the guest (a
+            // 15 s limit timed out a healthy run there).
+            timeout_secs: if super::in_vm_tier() { 90 } else { 15 },
             issue_extra: Vec::new(),
             env: Vec::new(),
             cwd: None,

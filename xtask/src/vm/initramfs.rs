@@ -32,9 +32,8 @@ const PYTHON_LIB: &str = "/usr/lib/python3.11";
 /// Parts of the standard library no payload uses; skipping them saves most of its size (the
 /// config directory alone holds a 25 MB static libpython). The compiled `__pycache__` files
 /// stay (11 MB): without them every Python start inside a sandbox, where the library is
-/// read-only, compiles each module it imports from source, which under emulation is most of
-/// what a test payload costs. They are valid only next to sources with the host's mtimes,
-/// which [`Tree::add`] keeps.
+/// read-only, compiles each module it imports from source again. They are valid only next to
+/// sources with the host's mtimes, which [`Tree::add`] keeps.
 const PYTHON_SKIP: &[&str] = &[
     "config-3.11-x86_64-linux-gnu",
     "test",
