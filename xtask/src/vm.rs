@@ -41,6 +41,14 @@ pub const VM_TESTS: &[&str] = &[
     "doctor",
 ];
 
+/// Tests of a VM binary that stay on the host, as libtest `--skip` filters (substrings of the
+/// test path). Only pure computations belong here: a kernel cannot change their answer, and
+/// under emulation they cost more than every kernel-facing test of their binary together.
+/// `isolate::seccomp::tests` compiles and interprets the BPF programs in user space (20 s and
+/// 17 s of the library's 21 s in the guest); loading filters into the kernel is tested by
+/// `isolate_seccomp`, the runner suites and the escape suite, which do run here.
+pub const VM_SKIPS: &[(&str, &str)] = &[("lib", "isolate::seccomp::tests::")];
+
 const PACKAGE: &str = "calyx";
 
 /// The whole tier should take less than this on a 2-core machine under emulation; going over
@@ -68,6 +76,21 @@ Boots Debian cloud kernels under qemu with a pure cgroup v2 hierarchy and runs t
 list inside as root. --keep leaves the initramfs staging tree in target/vm/root. --only runs
 a subset of the list (for working on one suite; `vm_env` always runs first), and
 --report-time prints each test's duration (libtest's unstable --report-time).";
+
+/// The guest's list: one line per binary, `NAME PATH [SKIP]` (see `xtask/vm/init`).
+fn test_list(chosen: &[targets::TestBinary]) -> String {
+    chosen
+        .iter()
+        .map(|t| {
+            let skip = VM_SKIPS
+                .iter()
+                .find(|(name, _)| *name == t.name)
+                .map(|(_, filter)| format!(" {filter}"))
+                .unwrap_or_default();
+            format!("{} {}{skip}\n", t.name, t.path.display())
+        })
+        .collect()
+}
 
 /// Options of one run; the defaults are what `cargo xtask ci` uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -242,10 +265,7 @@ fn run(opts: &Options) -> Result<()> {
             .chain(&chosen)
             .map(|b| b.path.as_path())
             .collect(),
-        test_list: chosen
-            .iter()
-            .map(|t| format!("{} {}\n", t.name, t.path.display()))
-            .collect(),
+        test_list: test_list(&chosen),
     };
     initramfs::build(&staging, &initrd, &contents)?;
     if !opts.keep {
@@ -480,6 +500,24 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Options> {
         parse_options(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_guest_list_carries_skips_for_the_named_binary_only() {
+        let bin = |name: &str| targets::TestBinary {
+            name: name.into(),
+            path: format!("/t/{name}").into(),
+        };
+        let list = test_list(&[bin("vm_env"), bin("lib")]);
+        assert_eq!(
+            list,
+            "vm_env /t/vm_env\nlib /t/lib isolate::seccomp::tests::\n"
+        );
+        // Every skip names a binary of the list and is one word (the guest splits on spaces).
+        for (name, filter) in VM_SKIPS {
+            assert!(VM_TESTS.contains(name), "{name}");
+            assert!(!filter.is_empty() && !filter.contains(char::is_whitespace));
+        }
     }
 
     #[test]
