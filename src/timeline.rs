@@ -43,8 +43,9 @@ pub fn mark(what: &'static str) {
     if !ENABLED.load(Ordering::Relaxed) {
         return;
     }
-    let now = Instant::now();
     if let Ok(mut t) = TABLE.lock() {
+        // Read under the lock: marks from several threads (the ledger's) stay in time order.
+        let now = Instant::now();
         let n = t.len;
         if n < CAPACITY {
             t.marks[n] = (what, Some(now));

@@ -346,6 +346,7 @@ fn timeline_is_printed_only_when_asked() {
     for must in [
         "lease read and verified",
         "cloned",
+        "ledger opened",
         "lease use taken (ledger synced)",
         "STARTED synced",
         "payload exited",
@@ -356,6 +357,7 @@ fn timeline_is_printed_only_when_asked() {
     }
     let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
     assert!(pos("cloned") < pos("STARTED synced"), "{names:?}");
+    assert!(pos("ledger opened") < pos("STARTED synced"), "{names:?}");
     assert!(pos("STARTED synced") < pos("payload exited"), "{names:?}");
     assert!(
         phases.windows(2).all(|w| w[0].0 <= w[1].0),

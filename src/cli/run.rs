@@ -588,9 +588,13 @@ struct Hooks<'a> {
 impl parent::RunHooks for Hooks<'_> {
     fn cloned(&mut self) {
         // The runner may have threads from here on; the payload does not exist yet. The
-        // ledger's open and commit and the executable's digest run beside the rest of the
-        // setup (uid/gid maps, the sentinel, init building its view).
+        // ledger's open and commit run beside the rest of the setup (uid/gid maps, the
+        // sentinel, init building its view).
         self.lease_use.begin();
+    }
+
+    fn started(&mut self) {
+        // The executable's digest is needed only by the receipt: hashed beside the payload.
         self.exe_job = self.exe_job.take().map(crate::receipt::ExeDigestJob::start);
     }
 

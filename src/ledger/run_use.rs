@@ -180,7 +180,10 @@ impl RunUse {
 /// Opens the embedded ledger of `dir` and takes one use of `record` on it.
 fn open_and_take(dir: &Path, record: &LeaseRecord, run_id: &str) -> Taken {
     match SqliteLedger::open_in(dir) {
-        Ok(l) => take_on(Some(Box::new(l)), record, run_id),
+        Ok(l) => {
+            crate::timeline::mark("ledger opened");
+            take_on(Some(Box::new(l)), record, run_id)
+        }
         Err(e) => (None, Err(UseStop::Failed(e))),
     }
 }
@@ -195,6 +198,7 @@ fn take_on(mut store: Store, record: &LeaseRecord, run_id: &str) -> Taken {
         Ok(Decision::Refused(r)) => Err(UseStop::Refused(r)),
         Err(e) => Err(UseStop::Failed(e)),
     };
+    crate::timeline::mark("ledger use decided and committed");
     (store, answer)
 }
 

@@ -5,7 +5,7 @@
 //! (the view binds system paths and grants at the same place, so it is the file the sandbox
 //! executes). Hashing a large interpreter costs milliseconds (python3, 6.8 MB: 5-20 ms here),
 //! as much as the whole start-up, so the file is opened before the clone and hashed on a
-//! thread started once init is released, while the payload starts and runs; the result is
+//! thread started once the payload is released, while it runs; the result is
 //! collected after the run. The payload cannot change the file meanwhile when it lies outside
 //! every write grant (read-only binds). When argv[0] lies inside a write grant the payload
 //! could rewrite it, so it is hashed synchronously before the clone instead.

@@ -80,6 +80,9 @@ pub trait RunHooks {
     /// Called right after init is released: writes exec_event.STARTED (synced) while init
     /// works on the other core; Err(reason) aborts the run.
     fn released(&mut self) -> Result<(), String>;
+    /// Called once the payload is released (Start sent): work only the end of the run needs
+    /// starts here, beside the payload rather than beside the setup it would slow down.
+    fn started(&mut self) {}
     /// A sentinel event (samples, warnings, halts), in order, from the parent's thread.
     fn sentinel_event(&mut self, event: &SentinelEvent);
 }
@@ -241,14 +244,6 @@ pub fn run(
         return fail(report, format!("releasing init: {e}"));
     }
     crate::timeline::mark("maps written, init released");
-    // Housekeeping beside init's setup: cgroups left by SIGKILLed runners are swept on a
-    // thread of their own (threads are fine now that the clone is done), joined at the end.
-    let sweeper = sweep.and_then(|layout| {
-        std::thread::Builder::new()
-            .name("calyx:sweep".into())
-            .spawn(move || super::resources::sweep_stale(&layout))
-            .ok()
-    });
     // Stage 7: the sentinel thread, now that the clone is done (threads before a fork-style
     // clone would leave the child with locks held by threads it does not have).
     let (tx, rx) = mpsc::channel();
@@ -293,7 +288,8 @@ pub fn run(
         Ok(()) => match parent_end.send(Msg::Start) {
             Ok(()) => {
                 crate::timeline::mark("payload released (Start sent)");
-                report.started = true
+                report.started = true;
+                hooks.started();
             }
             Err(e) => report.error = Some(format!("starting the payload: {e}")),
         },
@@ -302,6 +298,15 @@ pub fn run(
             kill_init();
         }
     }
+    // Housekeeping beside the payload, not beside init's setup, where every runnable thread
+    // delays the start on a small machine: cgroups left by SIGKILLed runners are swept on a
+    // thread of their own, joined at the end.
+    let sweeper = sweep.and_then(|layout| {
+        std::thread::Builder::new()
+            .name("calyx:sweep".into())
+            .spawn(move || super::resources::sweep_stale(&layout))
+            .ok()
+    });
 
     let mut exec_errno = None;
     let mut payload_status = None;
