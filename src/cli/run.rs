@@ -601,23 +601,31 @@ impl parent::RunHooks for Hooks<'_> {
     fn released(&mut self) -> Result<(), String> {
         // The use must be granted before Start lets init fork the payload. A refusal, or a
         // ledger that cannot record the use, returns Err and the parent kills init before
-        // Start: nothing of the payload has run. It comes before STARTED, so a refused run
-        // has no start record.
-        self.lease_use
-            .take()
-            .map_err(|stop: UseStop| stop.to_string())?;
+        // Start: nothing of the payload has run. A refused run has no start record.
+        //
+        // STARTED is on disk before the payload can exist: no run without its record. It is
+        // written once the ledger has granted the use (written, its write lock held) and
+        // synced while the ledger's commit is: two fsyncs side by side rather than one after
+        // the other. Should that commit then fail, the run stops here with STARTED on disk
+        // and its closing record says setup_failed: the log may name a start that never ran
+        // a payload, never the reverse. It carries the planned enforcement; FINISHED carries
+        // what init achieved.
+        let (audit, ids, plan, enforcement) =
+            (&mut *self.audit, self.ids, self.plan, self.enforcement);
+        let (taken, started) = self.lease_use.take_beside(|| {
+            audit
+                .append(
+                    names::EXEC_STARTED,
+                    ids,
+                    json!({"argv": plan.argv, "profile": plan.profile, "enforcement": enforcement}),
+                    Durability::Synced,
+                )
+                .map(|_| crate::timeline::mark("STARTED synced"))
+                .map_err(|e| e.to_string())
+        });
+        taken.map_err(|stop: UseStop| stop.to_string())?;
         crate::timeline::mark("lease use taken (ledger synced)");
-        // STARTED is on disk before the payload can exist: no run without its record. It
-        // carries the planned enforcement; FINISHED carries what init achieved.
-        self.audit
-            .append(
-                names::EXEC_STARTED,
-                self.ids,
-                json!({"argv": self.plan.argv, "profile": self.plan.profile, "enforcement": self.enforcement}),
-                Durability::Synced,
-            )
-            .map(|_| crate::timeline::mark("STARTED synced"))
-            .map_err(|e| e.to_string())
+        started.unwrap_or_else(|| Err("exec_event.STARTED was not written".to_owned()))
     }
 
     fn sentinel_event(&mut self, event: &SentinelEvent) {

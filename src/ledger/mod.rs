@@ -238,6 +238,25 @@ pub trait Ledger: Send {
         now: OffsetDateTime,
     ) -> Result<Decision, LedgerError>;
 
+    /// [`consume`](Self::consume) that announces a grant before making it durable:
+    /// `granted` is called once the use is written inside the still-open transaction, just
+    /// before the commit, so the caller can start a durable write of its own beside the
+    /// commit's. An Err returned after `granted` means the use was not recorded. This default
+    /// commits first and announces after (no overlap).
+    fn consume_announced(
+        &mut self,
+        lease: &LeaseRecord,
+        run_id: &str,
+        now: OffsetDateTime,
+        granted: &mut dyn FnMut(),
+    ) -> Result<Decision, LedgerError> {
+        let decision = self.consume(lease, run_id, now)?;
+        if matches!(decision, Decision::Granted { .. }) {
+            granted();
+        }
+        Ok(decision)
+    }
+
     /// Records how a run that consumed a use ended. Need not be durable at once (the audit
     /// log's FINISHED record is); a crash may lose it, and `list` then says `unknown`.
     fn record_end(&mut self, run: &RunEnd, now: OffsetDateTime) -> Result<(), LedgerError>;

@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, channel};
 use std::thread::JoinHandle;
 
 use time::OffsetDateTime;
@@ -39,8 +40,9 @@ enum State {
     Closed(PathBuf),
     /// Opened (a test double or a fleet's store), use not taken yet.
     Open(Store),
-    /// Open and take running on a thread.
-    Taking(JoinHandle<Taken>),
+    /// Open and take running on a thread, which announces a grant on the channel before it
+    /// commits it.
+    Taking(JoinHandle<Taken>, Receiver<()>),
     /// The use was decided (or failed): the store stays for [`RunUse::finish`].
     Decided(Store),
     /// The thread could not be started (the process is out of threads): the run refuses.
@@ -111,14 +113,20 @@ impl RunUse {
     pub fn begin(&mut self) {
         let state = std::mem::replace(&mut self.state, State::Spent);
         let (record, run_id) = (self.record.clone(), self.run_id.clone());
+        let (tx, rx) = channel();
+        let mut announce = move || {
+            let _ = tx.send(());
+        };
         let work: Box<dyn FnOnce() -> Taken + Send> = match state {
-            State::Closed(dir) => Box::new(move || open_and_take(&dir, &record, &run_id)),
+            State::Closed(dir) => {
+                Box::new(move || open_and_take(&dir, &record, &run_id, &mut announce))
+            }
             // No store (bench-baseline): nothing to wait for, no thread.
             State::Open(None) => {
                 self.state = State::Open(None);
                 return;
             }
-            State::Open(store) => Box::new(move || take_on(store, &record, &run_id)),
+            State::Open(store) => Box::new(move || take_on(store, &record, &run_id, &mut announce)),
             other => {
                 self.state = other;
                 return;
@@ -128,7 +136,7 @@ impl RunUse {
             .name("calyx:ledger".into())
             .spawn(work);
         self.state = match spawned {
-            Ok(handle) => State::Taking(handle),
+            Ok(handle) => State::Taking(handle, rx),
             Err(e) => State::NoThread(e),
         };
     }
@@ -137,12 +145,49 @@ impl RunUse {
     /// or does the work here. Called once, before the payload can start.
     pub fn take(&mut self) -> Result<(), UseStop> {
         let (store, answer) = match std::mem::replace(&mut self.state, State::Spent) {
-            State::Taking(h) => h.join().unwrap_or((None, Err(UseStop::Lost(None)))),
+            State::Taking(h, _) => joined(h),
             State::NoThread(e) => (None, Err(UseStop::Lost(Some(e)))),
-            State::Closed(dir) => open_and_take(&dir, &self.record, &self.run_id),
-            State::Open(store) => take_on(store, &self.record, &self.run_id),
+            State::Closed(dir) => open_and_take(&dir, &self.record, &self.run_id, &mut || {}),
+            State::Open(store) => take_on(store, &self.record, &self.run_id, &mut || {}),
             State::Decided(_) | State::Spent => (None, Err(UseStop::Lost(None))),
         };
+        self.settle(store, answer)
+    }
+
+    /// [`take`](Self::take), running `during` once the use is granted: beside the ledger's
+    /// commit when [`begin`](Self::begin)'s thread holds the use (written, write lock held,
+    /// commit under way), else after the use is durable. `during`'s result is Some whenever
+    /// the use was taken; it may also be Some when the commit then failed, in which case the
+    /// use was not recorded and the run must not start.
+    pub fn take_beside<T>(
+        &mut self,
+        during: impl FnOnce() -> T,
+    ) -> (Result<(), UseStop>, Option<T>) {
+        let mut during = Some(during);
+        let mut ran = None;
+        let answer = match std::mem::replace(&mut self.state, State::Spent) {
+            State::Taking(h, rx) => {
+                // A message: granted, commit under way. The sender dropped without one: the
+                // thread ended (refused, failed, or a backend that commits before announcing).
+                if rx.recv().is_ok() {
+                    ran = during.take().map(|f| f());
+                }
+                let (store, answer) = joined(h);
+                self.settle(store, answer)
+            }
+            other => {
+                self.state = other;
+                self.take()
+            }
+        };
+        if answer.is_ok() && ran.is_none() {
+            ran = during.take().map(|f| f());
+        }
+        (answer, ran)
+    }
+
+    /// Keeps the store for [`finish`](Self::finish) and notes what the answer means.
+    fn settle(&mut self, store: Store, answer: Result<(), UseStop>) -> Result<(), UseStop> {
         self.state = State::Decided(store);
         match answer {
             Ok(()) => {
@@ -177,23 +222,40 @@ impl RunUse {
     }
 }
 
-/// Opens the embedded ledger of `dir` and takes one use of `record` on it.
-fn open_and_take(dir: &Path, record: &LeaseRecord, run_id: &str) -> Taken {
+/// The answer of [`RunUse::begin`]'s thread.
+fn joined(h: JoinHandle<Taken>) -> Taken {
+    h.join().unwrap_or((None, Err(UseStop::Lost(None))))
+}
+
+/// Opens the embedded ledger of `dir` and takes one use of `record` on it; `granted` as in
+/// [`Ledger::consume_announced`].
+fn open_and_take(
+    dir: &Path,
+    record: &LeaseRecord,
+    run_id: &str,
+    granted: &mut dyn FnMut(),
+) -> Taken {
     match SqliteLedger::open_in(dir) {
         Ok(l) => {
             crate::timeline::mark("ledger opened");
-            take_on(Some(Box::new(l)), record, run_id)
+            take_on(Some(Box::new(l)), record, run_id, granted)
         }
         Err(e) => (None, Err(UseStop::Failed(e))),
     }
 }
 
 /// One use of `record` on `store` (no store: the bench-baseline build, always granted).
-fn take_on(mut store: Store, record: &LeaseRecord, run_id: &str) -> Taken {
+fn take_on(
+    mut store: Store,
+    record: &LeaseRecord,
+    run_id: &str,
+    granted: &mut dyn FnMut(),
+) -> Taken {
     let Some(ledger) = store.as_mut() else {
         return (store, Ok(()));
     };
-    let answer = match ledger.consume(record, run_id, OffsetDateTime::now_utc()) {
+    let now = OffsetDateTime::now_utc();
+    let answer = match ledger.consume_announced(record, run_id, now, granted) {
         Ok(Decision::Granted { .. }) => Ok(()),
         Ok(Decision::Refused(r)) => Err(UseStop::Refused(r)),
         Err(e) => Err(UseStop::Failed(e)),
@@ -243,6 +305,88 @@ mod tests {
             (rows[0].used, rows[0].last_run_id.as_deref()),
             (1, Some("RUN-1"))
         );
+    }
+
+    #[test]
+    fn the_start_record_is_written_beside_the_commit_only_for_a_grant() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let mut first = RunUse::in_dir(&dir, record(1), "RUN-1");
+        first.begin();
+        let (taken, ran) = first.take_beside(|| "STARTED");
+        assert!(taken.is_ok(), "{taken:?}");
+        assert_eq!(ran, Some("STARTED"));
+        first.finish("exited", 0).unwrap();
+        // Refused: the closure never runs, on the thread's path or the inline one.
+        let mut second = RunUse::in_dir(&dir, record(1), "RUN-2");
+        second.begin();
+        let (taken, ran) = second.take_beside(|| unreachable!("no start for a refusal"));
+        assert!(matches!(taken, Err(UseStop::Refused(_))), "{taken:?}");
+        assert!(ran.is_none());
+        let mut third = RunUse::in_dir(&dir, record(2), "RUN-3");
+        let (taken, ran) = third.take_beside(|| 3);
+        assert!(taken.is_ok(), "{taken:?}");
+        assert_eq!(ran, Some(3));
+        let rows = SqliteLedger::open_in(&dir).unwrap().list().unwrap();
+        assert_eq!(rows[0].used, 2);
+    }
+
+    /// A store whose commit fails after it announced the grant.
+    struct FailsAtCommit;
+
+    impl Ledger for FailsAtCommit {
+        fn consume(
+            &mut self,
+            _: &LeaseRecord,
+            _: &str,
+            _: OffsetDateTime,
+        ) -> Result<Decision, LedgerError> {
+            unreachable!("the runner takes uses through consume_announced")
+        }
+        fn consume_announced(
+            &mut self,
+            _: &LeaseRecord,
+            _: &str,
+            _: OffsetDateTime,
+            granted: &mut dyn FnMut(),
+        ) -> Result<Decision, LedgerError> {
+            granted();
+            Err(LedgerError::Io {
+                op: "committing a use to",
+                path: "ledger.sqlite".into(),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            })
+        }
+        fn record_end(&mut self, _: &RunEnd, _: OffsetDateTime) -> Result<(), LedgerError> {
+            unreachable!("a use that was not recorded has no end to record")
+        }
+        fn revoke(
+            &mut self,
+            _: &str,
+            _: Option<&LeaseRecord>,
+            _: &str,
+            _: &str,
+            _: OffsetDateTime,
+        ) -> Result<super::super::Revoked, LedgerError> {
+            unreachable!()
+        }
+        fn list(&mut self) -> Result<Vec<super::super::LeaseStatus>, LedgerError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_commit_failing_after_the_grant_stops_the_run_though_its_start_was_written() {
+        let mut u = RunUse::with(Box::new(FailsAtCommit), record(1), "RUN-1");
+        u.begin();
+        let (taken, ran) = u.take_beside(|| "STARTED");
+        // The caller wrote its record beside the commit, and learns the use was not taken.
+        assert_eq!(ran, Some("STARTED"));
+        let stop = taken.unwrap_err();
+        assert!(matches!(stop, UseStop::Failed(_)), "{stop}");
+        assert!(stop.to_string().contains("committing a use to"), "{stop}");
+        // Nothing was consumed, so nothing is recorded at the end (record_end would panic).
+        u.finish("setup_failed", 125).unwrap();
     }
 
     #[test]

@@ -230,6 +230,16 @@ impl Ledger for SqliteLedger {
         run_id: &str,
         now: OffsetDateTime,
     ) -> Result<Decision, LedgerError> {
+        self.consume_announced(lease, run_id, now, &mut || {})
+    }
+
+    fn consume_announced(
+        &mut self,
+        lease: &LeaseRecord,
+        run_id: &str,
+        now: OffsetDateTime,
+        granted: &mut dyn FnMut(),
+    ) -> Result<Decision, LedgerError> {
         let (path, busy) = (self.path.clone(), self.busy);
         let path = path.as_path();
         let e = |op| move |err| sql_err(op, path, busy, err);
@@ -270,6 +280,9 @@ impl Ledger for SqliteLedger {
             params![run_id, lease.lease_id, at],
         )
         .map_err(e("recording the run in"))?;
+        // The write lock is held until the commit, so no other runner can take this use
+        // meanwhile; the caller's own sync may run beside the commit's fsync.
+        granted();
         tx.commit().map_err(e("committing a use to"))?;
         Ok(decision)
     }
