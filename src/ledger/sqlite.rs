@@ -98,6 +98,8 @@ impl SqliteLedger {
     pub fn open_with(state_dir: &Path, busy: Duration) -> Result<SqliteLedger, LedgerError> {
         prepare_dir(state_dir)?;
         let path = state_dir.join(FILE_NAME);
+        // No WAL yet: this open creates it (and the database, when new).
+        let fresh = std::fs::symlink_metadata(wal_path(&path)).is_err();
         create_file(&path)?;
         // NOFOLLOW: the file was just checked to be a regular file; a symlink swapped in since
         // would point the ledger somewhere the caller did not choose.
@@ -108,6 +110,9 @@ impl SqliteLedger {
             .map_err(|e| sql_err("opening", &path, busy, e))?;
         let mut ledger = SqliteLedger { conn, path, busy };
         ledger.configure()?;
+        if fresh {
+            sync_dir(state_dir)?;
+        }
         Ok(ledger)
     }
 
@@ -309,7 +314,7 @@ impl Ledger for SqliteLedger {
         // Every new runner process rebuilds its index of the WAL by reading all of it, so it
         // is kept small; truncated, not deleted, so the next run need not re-create it. With
         // no busy wait: when other runners hold the lock, a later run does it.
-        let wal = self.path.with_file_name(format!("{FILE_NAME}-wal"));
+        let wal = wal_path(&self.path);
         if std::fs::metadata(&wal).is_ok_and(|m| m.len() > CHECKPOINT_AFTER) {
             let checkpoint = self.conn.busy_timeout(Duration::ZERO).and_then(|()| {
                 self.conn
@@ -484,6 +489,25 @@ fn sql_err(op: &'static str, path: &Path, busy: Duration, e: rusqlite::Error) ->
 
 /// Creates the state directory (0700) if missing and refuses one that others may write: they
 /// could delete the ledger and with it every count and revocation.
+/// The write-ahead log beside the database file.
+fn wal_path(db: &Path) -> PathBuf {
+    db.with_file_name(format!("{FILE_NAME}-wal"))
+}
+
+/// Makes the names of a new database and WAL durable. SQLite is built without its own
+/// directory sync (`SQLITE_DISABLE_DIRSYNC` in `.cargo/config.toml`), which otherwise costs
+/// every runner process one more fsync at its first commit although the WAL already existed:
+/// calyx syncs the directory once, when the files are created, and never deletes the WAL.
+fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| LedgerError::Io {
+            op: "syncing the new ledger's directory",
+            path: dir.to_owned(),
+            source,
+        })
+}
+
 fn prepare_dir(dir: &Path) -> Result<(), LedgerError> {
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -25,6 +25,24 @@ fn mode(p: &Path) -> u32 {
 }
 
 #[test]
+fn sqlite_leaves_directory_syncs_to_calyx() {
+    // .cargo/config.toml builds SQLite without its per-process directory fsync; open_with
+    // then syncs the directory itself when it creates the files. A build without the flag
+    // would still be safe (only slower), but the two must not drift apart unnoticed.
+    let tmp = tempfile::tempdir().unwrap();
+    let l = SqliteLedger::open_in(tmp.path()).unwrap();
+    let mut stmt = l.conn.prepare("PRAGMA compile_options").unwrap();
+    let opts: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(opts.iter().any(|o| o == "DISABLE_DIRSYNC"), "{opts:?}");
+    // The WAL exists once a ledger is open, so later opens have nothing to make durable.
+    assert!(wal_path(l.path()).exists());
+}
+
+#[test]
 fn creates_private_dir_and_file() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state/nested");
