@@ -167,8 +167,9 @@ impl RunUse {
         let mut ran = None;
         let answer = match std::mem::replace(&mut self.state, State::Spent) {
             State::Taking(h, rx) => {
-                // A message: granted, commit under way. The sender dropped without one: the
-                // thread ended (refused, failed, or a backend that commits before announcing).
+                // A message: granted, commit under way (or already done, for a backend that
+                // keeps the default consume_announced). The sender dropped without one: the
+                // thread ended refused, failed or dead.
                 if rx.recv().is_ok() {
                     ran = during.take().map(|f| f());
                 }

@@ -487,8 +487,6 @@ fn sql_err(op: &'static str, path: &Path, busy: Duration, e: rusqlite::Error) ->
     }
 }
 
-/// Creates the state directory (0700) if missing and refuses one that others may write: they
-/// could delete the ledger and with it every count and revocation.
 /// The write-ahead log beside the database file.
 fn wal_path(db: &Path) -> PathBuf {
     db.with_file_name(format!("{FILE_NAME}-wal"))
@@ -508,6 +506,8 @@ fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
         })
 }
 
+/// Creates the state directory (0700) if missing and refuses one that others may write: they
+/// could delete the ledger and with it every count and revocation.
 fn prepare_dir(dir: &Path) -> Result<(), LedgerError> {
     std::fs::DirBuilder::new()
         .recursive(true)
