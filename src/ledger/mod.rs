@@ -231,30 +231,27 @@ pub trait Ledger: Send {
     /// Atomically decides and, when granted, records one use of `lease` by `run_id`: the
     /// check and the increment are one transaction, so `max_uses` holds exactly however many
     /// runners ask at once. Also stores the lease's record if the ledger has none yet.
-    fn consume(
-        &mut self,
-        lease: &LeaseRecord,
-        run_id: &str,
-        now: OffsetDateTime,
-    ) -> Result<Decision, LedgerError>;
-
-    /// [`consume`](Self::consume) that announces a grant before making it durable:
-    /// `granted` is called once the use is written inside the still-open transaction, just
-    /// before the commit, so the caller can start a durable write of its own beside the
-    /// commit's. An Err returned after `granted` means the use was not recorded. This default
-    /// commits first and announces after (no overlap).
+    ///
+    /// `granted` is called on a grant once the use is written inside the still-open
+    /// transaction, just before the commit, so the caller can start a durable write of its
+    /// own beside the commit's (a backend that cannot split them calls it after the commit).
+    /// An Err returned after `granted` means the use was not recorded.
     fn consume_announced(
         &mut self,
         lease: &LeaseRecord,
         run_id: &str,
         now: OffsetDateTime,
         granted: &mut dyn FnMut(),
+    ) -> Result<Decision, LedgerError>;
+
+    /// [`consume_announced`](Self::consume_announced) with nothing to announce to.
+    fn consume(
+        &mut self,
+        lease: &LeaseRecord,
+        run_id: &str,
+        now: OffsetDateTime,
     ) -> Result<Decision, LedgerError> {
-        let decision = self.consume(lease, run_id, now)?;
-        if matches!(decision, Decision::Granted { .. }) {
-            granted();
-        }
-        Ok(decision)
+        self.consume_announced(lease, run_id, now, &mut || {})
     }
 
     /// Records how a run that consumed a use ended. Need not be durable at once (the audit

@@ -144,14 +144,7 @@ impl RunUse {
     /// Takes one use, durably, or says why not: waits for [`begin`](Self::begin)'s thread,
     /// or does the work here. Called once, before the payload can start.
     pub fn take(&mut self) -> Result<(), UseStop> {
-        let (store, answer) = match std::mem::replace(&mut self.state, State::Spent) {
-            State::Taking(h, _) => joined(h),
-            State::NoThread(e) => (None, Err(UseStop::Lost(Some(e)))),
-            State::Closed(dir) => open_and_take(&dir, &self.record, &self.run_id, &mut || {}),
-            State::Open(store) => take_on(store, &self.record, &self.run_id, &mut || {}),
-            State::Decided(_) | State::Spent => (None, Err(UseStop::Lost(None))),
-        };
-        self.settle(store, answer)
+        self.take_beside(|| ()).0
     }
 
     /// [`take`](Self::take), running `during` once the use is granted: beside the ledger's
@@ -165,32 +158,22 @@ impl RunUse {
     ) -> (Result<(), UseStop>, Option<T>) {
         let mut during = Some(during);
         let mut ran = None;
-        let answer = match std::mem::replace(&mut self.state, State::Spent) {
+        let (store, answer) = match std::mem::replace(&mut self.state, State::Spent) {
             State::Taking(h, rx) => {
-                // A message: granted, commit under way (or already done, for a backend that
-                // keeps the default consume_announced). The sender dropped without one: the
+                // A message: granted, commit under way. The sender dropped without one: the
                 // thread ended refused, failed or dead.
                 if rx.recv().is_ok() {
                     ran = during.take().map(|f| f());
                 }
-                let (store, answer) = joined(h);
-                self.settle(store, answer)
+                h.join().unwrap_or((None, Err(UseStop::Lost(None))))
             }
-            other => {
-                self.state = other;
-                self.take()
-            }
+            State::NoThread(e) => (None, Err(UseStop::Lost(Some(e)))),
+            State::Closed(dir) => open_and_take(&dir, &self.record, &self.run_id, &mut || {}),
+            State::Open(store) => take_on(store, &self.record, &self.run_id, &mut || {}),
+            State::Decided(_) | State::Spent => (None, Err(UseStop::Lost(None))),
         };
-        if answer.is_ok() && ran.is_none() {
-            ran = during.take().map(|f| f());
-        }
-        (answer, ran)
-    }
-
-    /// Keeps the store for [`finish`](Self::finish) and notes what the answer means.
-    fn settle(&mut self, store: Store, answer: Result<(), UseStop>) -> Result<(), UseStop> {
         self.state = State::Decided(store);
-        match answer {
+        let answer = match answer {
             Ok(()) => {
                 self.consumed = true;
                 Ok(())
@@ -200,7 +183,11 @@ impl RunUse {
                 Err(UseStop::Refused(r))
             }
             Err(other) => Err(other),
+        };
+        if answer.is_ok() && ran.is_none() {
+            ran = during.take().map(|f| f());
         }
+        (answer, ran)
     }
 
     /// The ledger's refusal, when [`take`](Self::take) was refused.
@@ -221,11 +208,6 @@ impl RunUse {
         };
         ledger.record_end(&end, OffsetDateTime::now_utc())
     }
-}
-
-/// The answer of [`RunUse::begin`]'s thread.
-fn joined(h: JoinHandle<Taken>) -> Taken {
-    h.join().unwrap_or((None, Err(UseStop::Lost(None))))
 }
 
 /// Opens the embedded ledger of `dir` and takes one use of `record` on it; `granted` as in
@@ -336,14 +318,6 @@ mod tests {
     struct FailsAtCommit;
 
     impl Ledger for FailsAtCommit {
-        fn consume(
-            &mut self,
-            _: &LeaseRecord,
-            _: &str,
-            _: OffsetDateTime,
-        ) -> Result<Decision, LedgerError> {
-            unreachable!("the runner takes uses through consume_announced")
-        }
         fn consume_announced(
             &mut self,
             _: &LeaseRecord,

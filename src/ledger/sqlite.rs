@@ -229,15 +229,6 @@ impl SqliteLedger {
 }
 
 impl Ledger for SqliteLedger {
-    fn consume(
-        &mut self,
-        lease: &LeaseRecord,
-        run_id: &str,
-        now: OffsetDateTime,
-    ) -> Result<Decision, LedgerError> {
-        self.consume_announced(lease, run_id, now, &mut || {})
-    }
-
     fn consume_announced(
         &mut self,
         lease: &LeaseRecord,
