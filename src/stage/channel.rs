@@ -37,6 +37,8 @@ pub enum Step {
     Seccomp = 12,
     /// Joining the run's v1 cgroups.
     JoinCgroup = 13,
+    /// Creating the network namespace.
+    NetNamespace = 14,
 }
 
 impl Step {
@@ -56,6 +58,7 @@ impl Step {
             Step::Signals => "set up signals",
             Step::Seccomp => "apply seccomp",
             Step::JoinCgroup => "join the run's cgroups",
+            Step::NetNamespace => "create the network namespace",
         }
     }
 
@@ -75,6 +78,7 @@ impl Step {
             Signals,
             Seccomp,
             JoinCgroup,
+            NetNamespace,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -283,6 +287,29 @@ mod tests {
         drop(init);
         assert_eq!(parent.recv().unwrap(), Some(Msg::HashMismatch));
         assert_eq!(parent.recv().unwrap(), None);
+    }
+
+    /// Every step init can report survives the channel, the newest included: a step missing
+    /// from the decoder would turn init's failure into "init ended before the payload started".
+    #[test]
+    fn every_step_decodes_to_itself() {
+        let mut names = std::collections::BTreeSet::new();
+        for v in 1..=14u32 {
+            let step = Step::from_u32(v).unwrap_or_else(|| panic!("step {v} does not decode"));
+            assert_eq!(step as u32, v);
+            assert!(
+                names.insert(step.name()),
+                "two steps named {:?}",
+                step.name()
+            );
+            let m = Msg::SetupFailed {
+                step,
+                errno: libc::EPERM,
+            };
+            assert_eq!(Msg::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(Step::from_u32(15), None);
+        assert_eq!(Step::from_u32(0), None);
     }
 
     #[test]

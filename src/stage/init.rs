@@ -63,14 +63,17 @@ pub fn run_init(ctx: &InitContext, channel: Channel, cgroup_tasks: Vec<std::fs::
     // run nothing of the payload: everything forked from here on is accounted and limited.
     // (On v2, CLONE_INTO_CGROUP already placed init.)
     if let Err(e) = crate::cgroup::run::join_v1_self(&cgroup_tasks) {
-        let errno = e.raw_os_error().unwrap_or(libc::EIO);
-        let _ = channel.send(Msg::SetupFailed {
-            step: Step::JoinCgroup,
-            errno,
-        });
-        sys::clone::exit_now(125);
+        fail_early(&channel, Step::JoinCgroup, &e);
     }
     drop(cgroup_tasks);
+    // The network namespace is made here rather than by the clone. Of all the namespaces it
+    // is the one that costs: about 0.4 ms of CPU here. Made by init it overlaps the parent's
+    // writing of the id maps instead of delaying the clone. Init holds every capability of
+    // its user namespace from birth and needs no id map for this; it has run nothing but
+    // this function so far, and the payload only ever runs inside the new namespace.
+    if let Err(e) = sys::net::unshare_network() {
+        fail_early(&channel, Step::NetNamespace, &e);
+    }
     let code = match init_main(ctx, &channel) {
         Ok(code) => code,
         Err((step, errno)) => {
@@ -79,6 +82,13 @@ pub fn run_init(ctx: &InitContext, channel: Channel, cgroup_tasks: Vec<std::fs::
         }
     };
     sys::clone::exit_now(code)
+}
+
+/// Reports a failed step of init's first moments and exits: nothing has been built yet.
+fn fail_early(channel: &Channel, step: Step, e: &io::Error) -> ! {
+    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+    let _ = channel.send(Msg::SetupFailed { step, errno });
+    sys::clone::exit_now(125)
 }
 
 /// Moves the channel to fd 3 so "close everything from 4" keeps exactly it.

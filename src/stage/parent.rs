@@ -131,11 +131,12 @@ pub struct RunReport {
     pub frozen: bool,
 }
 
-/// Namespaces of every run: user first in the kernel's order, so the others are owned by it.
+/// Namespaces of every run made by the clone: user first in the kernel's order, so the others
+/// are owned by it. The network namespace is the seventh, made by init itself right after the
+/// clone (see `init::run_init`), where it overlaps the parent's work.
 const NS_FLAGS: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWNS
     | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWCGROUP;

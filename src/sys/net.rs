@@ -1,8 +1,15 @@
-//! Bringing the loopback interface up inside a fresh network namespace.
+//! The sandbox's network namespace: creating it, and bringing its loopback interface up.
 
 use std::io;
 
 use super::check_int;
+
+/// `unshare(CLONE_NEWNET)`: the calling process moves to a new, empty network namespace owned
+/// by its user namespace (CAP_SYS_ADMIN there is required).
+pub fn unshare_network() -> io::Result<()> {
+    // SAFETY: unshare takes only an integer flag set and touches no caller memory.
+    check_int(unsafe { libc::unshare(libc::CLONE_NEWNET) }).map(drop)
+}
 
 /// `struct ifreq` restricted to the name and the flags member of its union.
 #[repr(C)]
