@@ -19,6 +19,33 @@ pub const NAME_PREFIX: &str = "calyx-";
 
 /// v1 controllers joined for usage and control even when no limit needs them.
 const V1_MONITOR: &[&str] = &["memory", "pids", "cpuacct", "blkio", "freezer"];
+
+/// The v1 monitoring controllers a hybrid host's v2 companion makes redundant, with the core
+/// files of the companion that stand in for them: CPU time from `cpu.stat` (kept by every
+/// cgroup2 directory, whatever its controllers), freezing and killing through `cgroup.freeze`
+/// and `cgroup.kill`. Each v1 hierarchy left out saves a directory made, joined and removed on
+/// every run.
+const COVERED_BY_COMPANION: &[(&str, &[&str])] = &[
+    ("cpuacct", &["cpu.stat"]),
+    ("freezer", &["cgroup.freeze", "cgroup.kill"]),
+];
+
+/// The v1 monitoring controllers still needed next to a companion that has the files for
+/// which `has` says true (none of them covered without a companion).
+pub fn v1_monitors(companion: Option<&dyn Fn(&str) -> bool>) -> Vec<&'static str> {
+    V1_MONITOR
+        .iter()
+        .copied()
+        .filter(|c| {
+            let covered = COVERED_BY_COMPANION
+                .iter()
+                .find(|(name, _)| name == c)
+                .zip(companion)
+                .is_some_and(|((_, files), has)| files.iter().all(|f| has(f)));
+            !covered
+        })
+        .collect()
+}
 /// v2 controllers enabled for usage even when no limit needs them.
 const V2_MONITOR: &[&str] = &["memory", "pids"];
 
@@ -221,8 +248,23 @@ impl RunCgroup {
                 });
             }
         }
+        // Hybrid: the v2 companion first (cgroup.kill, cgroup.events and PSI, where we may
+        // write), since what it offers decides which v1 hierarchies are still needed.
+        if let Some(parent) = layout.v2.as_deref() {
+            match v2::delegation_verdict(&v2::DelegationFacts::of(parent), opts.uid, opts.gid) {
+                Ok(()) => {
+                    let dir = parent.join(&self.name);
+                    mkdir(&dir)?;
+                    self.v2 = Some(dir);
+                }
+                Err(problem) => self.gaps.push(Gap::NoV2Companion(problem)),
+            }
+        }
+        let companion = self.v2.clone();
+        let has = move |f: &str| companion.as_deref().is_some_and(|d| d.join(f).exists());
+        let monitors = v1_monitors(self.v2.is_some().then_some(&has as &dyn Fn(&str) -> bool));
         let mut wanted: Vec<&'static str> = plan.iter().map(|w| w.controller).collect();
-        wanted.extend(V1_MONITOR.iter().copied());
+        wanted.extend(monitors);
         for c in wanted {
             let Some(h) = layout.v1_for(c) else {
                 self.gaps.push(Gap::NoMonitor(c));
@@ -261,17 +303,6 @@ impl RunCgroup {
                     remedy: "mount the controller, or drop the limit",
                 })
         })?;
-        // Hybrid: a v2 companion brings cgroup.kill, cgroup.events and PSI where we may write.
-        if let Some(parent) = layout.v2.as_deref() {
-            match v2::delegation_verdict(&v2::DelegationFacts::of(parent), opts.uid, opts.gid) {
-                Ok(()) => {
-                    let dir = parent.join(&self.name);
-                    mkdir(&dir)?;
-                    self.v2 = Some(dir);
-                }
-                Err(problem) => self.gaps.push(Gap::NoV2Companion(problem)),
-            }
-        }
         Ok(())
     }
 
@@ -522,6 +553,29 @@ mod tests {
         ] {
             assert!(run_cgroup_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A v1 hierarchy is left out only when the companion has every file standing in for it.
+    #[test]
+    fn companion_files_decide_the_v1_monitors() {
+        let all = ["memory", "pids", "cpuacct", "blkio", "freezer"];
+        assert_eq!(v1_monitors(None), all);
+        let nothing = |_: &str| false;
+        assert_eq!(v1_monitors(Some(&nothing)), all);
+        let everything = |_: &str| true;
+        assert_eq!(v1_monitors(Some(&everything)), ["memory", "pids", "blkio"]);
+        // A kernel with cgroup.freeze but no cgroup.kill (5.2 to 5.13) keeps the v1 freezer:
+        // it is the only way left to kill every process of the run.
+        let no_kill = |f: &str| f != "cgroup.kill";
+        assert_eq!(
+            v1_monitors(Some(&no_kill)),
+            ["memory", "pids", "blkio", "freezer"]
+        );
+        let no_cpu_stat = |f: &str| f != "cpu.stat";
+        assert_eq!(
+            v1_monitors(Some(&no_cpu_stat)),
+            ["memory", "pids", "cpuacct", "blkio"]
+        );
     }
 
     #[test]

@@ -314,6 +314,16 @@ fn pressure(dir: Option<&Path>) -> Result<Option<f64>, SentinelError> {
         .map(|p| p.some.avg10))
 }
 
+/// CPU time on a v1 host: `cpuacct.usage` (nanoseconds) where the run has a cpuacct
+/// hierarchy, else the v2 companion's `cpu.stat`, which stands in for it (see
+/// `cgroup::run::v1_monitors`).
+fn v1_cpu_usec(cpuacct: Option<&Path>, v2: Option<&Path>) -> Result<Option<u64>, SentinelError> {
+    match cpuacct {
+        Some(_) => Ok(num(cpuacct, "cpuacct.usage")?.map(|ns| ns / 1000)),
+        None => keyed(v2, "cpu.stat", "usage_usec"),
+    }
+}
+
 impl StatSource {
     /// The statistics of a run cgroup.
     pub fn of(run: &RunCgroup) -> Self {
@@ -424,7 +434,7 @@ impl StatSource {
             s.cpu_usec = if v2 {
                 keyed(cpu, "cpu.stat", "usage_usec")?
             } else {
-                num(cpu, "cpuacct.usage")?.map(|ns| ns / 1000)
+                v1_cpu_usec(cpu, psi)?
             };
         }
         if wants(HaltMetric::MemoryPressureSomeAvg10) {
@@ -483,8 +493,7 @@ impl StatSource {
                     pids_limit: limit(p, "pids.max")?,
                     pids_peak: num(p, "pids.peak")?,
                     pids_max_events: keyed(p, "pids.events", "max")?,
-                    // cpuacct.usage is in nanoseconds.
-                    cpu_usec: num(cpuacct.as_deref(), "cpuacct.usage")?.map(|ns| ns / 1000),
+                    cpu_usec: v1_cpu_usec(cpuacct.as_deref(), v2.as_deref())?,
                     io_read_bytes: io.map(|(r, _)| r),
                     io_write_bytes: io.map(|(_, w)| w),
                     memory_pressure_some_avg10: pressure(v2.as_deref())?,
