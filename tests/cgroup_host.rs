@@ -301,15 +301,31 @@ fn stale_cgroup_of_a_killed_runner_is_cleaned_up() {
     // A runner SIGKILLed mid-run never calls remove(): simulate by forgetting the handle.
     let stale = Run::create(&scratch.layout, "stale", &LimitSpec::default());
     let stale_dirs = stale.dirs();
+    let stale_name = stale.cg.name().to_owned();
     std::mem::forget(stale);
     let mut busy = Run::create(&scratch.layout, "busy", &LimitSpec::default());
     busy.spawn_placed(&["sh", "-c", "read x; exec sleep 30"]);
     // Fresh cgroups are left alone: a concurrent run may not have placed its sandbox yet.
-    let report =
-        cleanup_stale(&scratch.layout, SystemTime::now(), Duration::from_secs(60)).unwrap();
+    let report = cleanup_stale(
+        &scratch.layout,
+        SystemTime::now(),
+        Duration::from_secs(60),
+        None,
+    )
+    .unwrap();
     assert!(report.removed.is_empty());
     let later = SystemTime::now() + Duration::from_secs(120);
-    let report = cleanup_stale(&scratch.layout, later, Duration::from_secs(60)).unwrap();
+    // The caller's own cgroup is never taken for stale, however old and empty it looks.
+    let report = cleanup_stale(
+        &scratch.layout,
+        later,
+        Duration::from_secs(60),
+        Some(stale_name.as_str()),
+    )
+    .unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert!(stale_dirs.iter().all(|d| d.exists()));
+    let report = cleanup_stale(&scratch.layout, later, Duration::from_secs(60), None).unwrap();
     let mut removed = report.removed.clone();
     removed.sort();
     let mut want = stale_dirs.clone();

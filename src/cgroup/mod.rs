@@ -21,7 +21,7 @@
 //!
 //! ```text
 //! let layout = Layout::discover(Path::new("/"), cgroup_parent)?;           // stage 3
-//! cleanup_stale(&layout, SystemTime::now(), Duration::from_secs(10))?;      // last run's leftovers
+//! cleanup_stale(&layout, SystemTime::now(), Duration::from_secs(10), None)?;      // last run's leftovers
 //! let spec = LimitSpec::from_lease(&lease.limits, io_device)?;
 //! let cg = Arc::new(RunCgroup::create(&layout, &CreateOptions { run_id, limits: &spec, … })?);
 //! let fd = cg.cgroup_fd_for_clone_into()?;   // clone3(CLONE_INTO_CGROUP) where Some (stage 4)

@@ -20,6 +20,10 @@ pub const NAME_PREFIX: &str = "calyx-";
 /// v1 controllers joined for usage and control even when no limit needs them.
 const V1_MONITOR: &[&str] = &["memory", "pids", "cpuacct", "blkio", "freezer"];
 
+/// Every v1 controller a run cgroup may be made for (monitoring, or a limit): the
+/// hierarchies the stale sweep lists.
+pub const V1_USED: &[&str] = &["memory", "pids", "cpu", "cpuacct", "blkio", "freezer"];
+
 /// The v1 monitoring controllers a hybrid host's v2 companion makes redundant, with the core
 /// files of the companion that stand in for them: CPU time from `cpu.stat` (kept by every
 /// cgroup2 directory, whatever its controllers), freezing and killing through `cgroup.freeze`
@@ -552,6 +556,30 @@ mod tests {
             &"x".repeat(65),
         ] {
             assert!(run_cgroup_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The stale sweep lists every v1 hierarchy a limit can be written to.
+    #[test]
+    fn every_v1_limit_controller_is_swept() {
+        let all = LimitSpec {
+            memory_max: Some(1 << 30),
+            swap_max: Some(0),
+            pids_max: Some(8),
+            cpu: Some(0.5),
+            io: Some(super::super::IoLimit {
+                device: super::super::DevNum { major: 8, minor: 0 },
+                bps: 4096,
+            }),
+            ..LimitSpec::default()
+        };
+        let plan = limits::plan_v1(&all, 4096).unwrap();
+        assert!(plan.len() >= 5, "{plan:?}");
+        for w in plan {
+            assert!(V1_USED.contains(&w.controller), "{}", w.controller);
+        }
+        for c in V1_MONITOR {
+            assert!(V1_USED.contains(c), "{c}");
         }
     }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::run::{NAME_PREFIX, events_field, rmdir_retry};
+use super::run::{NAME_PREFIX, V1_USED, events_field, rmdir_retry};
 use super::{CgroupError, Layout, read_file};
 
 /// What to do with one leftover `calyx-*` cgroup.
@@ -78,20 +78,26 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
 
 /// Remove leftover `calyx-*` cgroups in every parent of `layout` whose processes are gone
 /// (a runner SIGKILLed mid-run leaves one; the next run cleans it). Cgroups younger than
-/// `min_age` are left alone, so a concurrent run's fresh cgroup is never taken.
+/// `min_age` are left alone, so a concurrent run's fresh cgroup is never taken, and so is
+/// `own`, the caller's own run cgroup, which is never stale. Only the v1 hierarchies calyx
+/// creates in are listed.
 pub fn cleanup_stale(
     layout: &Layout,
     now: SystemTime,
     min_age: Duration,
+    own: Option<&str>,
 ) -> Result<StaleReport, CgroupError> {
     let mut report = StaleReport::default();
-    for parent in layout.v2.iter().chain(layout.v1.iter().map(|h| &h.dir)) {
+    let used_v1 = layout
+        .v1
+        .iter()
+        .filter(|h| V1_USED.iter().any(|c| h.has(c)))
+        .map(|h| &h.dir);
+    for parent in layout.v2.iter().chain(used_v1) {
         for dir in subdirs(parent)? {
-            let ours = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(NAME_PREFIX));
-            if !ours {
+            let name = dir.file_name().and_then(|n| n.to_str());
+            let ours = name.is_some_and(|n| n.starts_with(NAME_PREFIX));
+            if !ours || name == own {
                 continue;
             }
             let modified =

@@ -302,10 +302,11 @@ pub fn run(
     // Housekeeping beside the payload, not beside init's setup, where every runnable thread
     // delays the start on a small machine: cgroups left by SIGKILLed runners are swept on a
     // thread of their own, joined at the end.
+    let own = cgroup.as_deref().map(|cg| cg.name().to_owned());
     let sweeper = sweep.and_then(|layout| {
         std::thread::Builder::new()
             .name("calyx:sweep".into())
-            .spawn(move || super::resources::sweep_stale(&layout))
+            .spawn(move || super::resources::sweep_stale(&layout, own.as_deref()))
             .ok()
     });
 

@@ -384,8 +384,8 @@ pub struct HaltInfo {
 
 /// A runner SIGKILLed mid-run leaves an empty cgroup behind; a later run removes it, once the
 /// run is over (off its start-up path). Housekeeping only: a failure is reported, not fatal.
-pub fn sweep_stale(layout: &Layout) {
-    if let Err(e) = cgroup::cleanup_stale(layout, SystemTime::now(), STALE_MIN_AGE) {
+pub fn sweep_stale(layout: &Layout, own: Option<&str>) {
+    if let Err(e) = cgroup::cleanup_stale(layout, SystemTime::now(), STALE_MIN_AGE, own) {
         eprintln!("calyx-run: cleaning stale cgroups: {e}");
     }
 }
