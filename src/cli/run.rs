@@ -456,6 +456,13 @@ fn run_planned(
         lease_use: &mut lease_use,
     };
     let mut teardown = parent::Teardown::default();
+    // Artifacts are copied out of the write grants once every process of the run is gone;
+    // without any, the closing record need not wait for init's teardown.
+    let close = if plan.artifacts.items.is_empty() {
+        parent::Close::AtPayloadExit
+    } else {
+        parent::Close::AfterInit
+    };
     let mut report: RunReport = parent::run(
         &ctx,
         plan.uid_map,
@@ -463,6 +470,7 @@ fn run_planned(
         timeout,
         &mut hooks,
         watched,
+        close,
         &mut teardown,
     );
     let exe_job = hooks.exe_job.take();

@@ -443,6 +443,79 @@ impl StatSource {
         Ok(s)
     }
 
+    /// Read only what a run's usage needs (peaks, CPU, IO, OOM kills): the last reading,
+    /// taken on the way to the closing record. Five small files instead of a dozen, and never
+    /// `memory.stat`, whose generation flushes the memory controller's per-CPU counters.
+    /// Current values are read only where the kernel keeps no peak.
+    pub fn read_usage(&self) -> Result<Sample, SentinelError> {
+        let (memory, pids, v2) = match self {
+            Self::V2 { dir } => (Some(dir.as_path()), Some(dir.as_path()), true),
+            Self::V1 { memory, pids, .. } => (memory.as_deref(), pids.as_deref(), false),
+        };
+        let (peak_file, current_file) = if v2 {
+            ("memory.peak", "memory.current")
+        } else {
+            ("memory.max_usage_in_bytes", "memory.usage_in_bytes")
+        };
+        let memory_peak = num(memory, peak_file)?;
+        let memory_bytes = match memory_peak {
+            Some(_) => None,
+            None => num(memory, current_file)?,
+        };
+        let pids_peak = num(pids, "pids.peak")?;
+        let pids_now = match pids_peak {
+            Some(_) => None,
+            None => num(pids, "pids.current")?,
+        };
+        let (cpu_usec, oom_kills, io) = match self {
+            Self::V2 { dir } => {
+                let d = Some(dir.as_path());
+                let io = read_opt(&dir.join("io.stat"))?
+                    .map(|t| parse_io_stat(&t))
+                    .transpose()?
+                    .map(|m| {
+                        m.values()
+                            .fold((0, 0), |(r, w), c| (r + c.rbytes, w + c.wbytes))
+                    });
+                (
+                    keyed(d, "cpu.stat", "usage_usec")?,
+                    keyed(d, "memory.events", "oom_kill")?,
+                    io,
+                )
+            }
+            Self::V1 {
+                memory,
+                cpuacct,
+                blkio,
+                v2,
+                ..
+            } => {
+                let io = match blkio {
+                    Some(b) => read_opt(&b.join("blkio.throttle.io_service_bytes_recursive"))?
+                        .map(|t| parse_blkio_service_bytes(&t))
+                        .transpose()?,
+                    None => None,
+                };
+                (
+                    v1_cpu_usec(cpuacct.as_deref(), v2.as_deref())?,
+                    keyed(memory.as_deref(), "memory.oom_control", "oom_kill")?,
+                    io,
+                )
+            }
+        };
+        Ok(Sample {
+            memory_bytes,
+            memory_peak,
+            oom_kills,
+            pids: pids_now,
+            pids_peak,
+            cpu_usec,
+            io_read_bytes: io.map(|(r, _)| r),
+            io_write_bytes: io.map(|(_, w)| w),
+            ..Sample::default()
+        })
+    }
+
     /// Read one full sample.
     pub fn read(&self) -> Result<Sample, SentinelError> {
         match self {

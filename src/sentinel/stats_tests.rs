@@ -230,6 +230,121 @@ fn v1_sample_from_fixture_tree() {
         (Some(50.0), Some(2_500_000))
     );
     assert_eq!(src.pressure_file(), None);
+    // The usage reading agrees with the full one on every usage figure, here where v1 keeps
+    // a memory peak but no pids.peak (so pids.current stands in).
+    let u = src.read_usage().unwrap();
+    assert_eq!(
+        (u.memory_peak, u.oom_kills, u.cpu_usec, u.pids, u.pids_peak),
+        (Some(1_500_000), Some(2), Some(2_500_000), Some(3), None)
+    );
+    assert_eq!((u.io_read_bytes, u.io_write_bytes), (Some(7), Some(9)));
+    assert_eq!(u.memory_bytes, None, "current memory read despite a peak");
+}
+
+/// The last reading of a run never generates memory.stat (nor the limits): a memory.stat
+/// that cannot be read fails the full sample and not the usage one.
+#[test]
+fn usage_reading_leaves_memory_stat_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("run");
+    write(
+        &d,
+        &[
+            (
+                "memory.current",
+                "4096
+",
+            ),
+            (
+                "memory.peak",
+                "8192
+",
+            ),
+            (
+                "memory.events",
+                "low 0
+high 0
+max 0
+oom 0
+oom_kill 1
+",
+            ),
+            (
+                "pids.current",
+                "1
+",
+            ),
+            (
+                "pids.peak",
+                "4
+",
+            ),
+            (
+                "cpu.stat",
+                "usage_usec 1200
+user_usec 700
+system_usec 500
+",
+            ),
+            (
+                "io.stat",
+                "8:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0
+",
+            ),
+        ],
+    );
+    std::fs::create_dir(d.join("memory.stat")).unwrap();
+    let src = StatSource::V2 { dir: d };
+    assert!(src.read().is_err());
+    let u = src.read_usage().unwrap();
+    assert_eq!(
+        (
+            u.memory_peak,
+            u.memory_bytes,
+            u.oom_kills,
+            u.pids_peak,
+            u.pids
+        ),
+        (Some(8192), None, Some(1), Some(4), None)
+    );
+    assert_eq!(
+        (u.cpu_usec, u.io_read_bytes, u.io_write_bytes),
+        (Some(1200), Some(10), Some(20))
+    );
+}
+
+/// v1 without cpuacct (left out next to a v2 companion): CPU time from the companion.
+#[test]
+fn v1_cpu_time_falls_back_to_the_companion() {
+    let t = tempfile::tempdir().unwrap();
+    let (m, v2) = (t.path().join("memory"), t.path().join("unified"));
+    write(
+        &m,
+        &[(
+            "memory.max_usage_in_bytes",
+            "100
+",
+        )],
+    );
+    write(
+        &v2,
+        &[(
+            "cpu.stat",
+            "usage_usec 777
+user_usec 1
+system_usec 2
+",
+        )],
+    );
+    let src = StatSource::V1 {
+        memory: Some(m),
+        pids: None,
+        cpuacct: None,
+        blkio: None,
+        v2: Some(v2),
+    };
+    assert_eq!(src.read().unwrap().cpu_usec, Some(777));
+    assert_eq!(src.read_usage().unwrap().cpu_usec, Some(777));
 }
 
 #[test]

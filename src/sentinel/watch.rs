@@ -503,8 +503,9 @@ fn watch_loop(
             next_monitor = config.monitor_interval.map(|i| m + i);
         }
     }
-    // A last reading so usage includes the final moments of the run.
-    if let Ok(s) = source.read() {
+    // A last reading so usage includes the final moments of the run (usage figures only:
+    // it is on the way to the closing record).
+    if let Ok(s) = source.read_usage() {
         usage.update(&s);
     }
     usage

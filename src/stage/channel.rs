@@ -124,30 +124,46 @@ pub enum Msg {
         /// errno.
         errno: i32,
     },
-    /// init → parent: the payload ended with this wait status.
+    /// init → parent: the payload ended with this wait status; the usage of every process
+    /// init has reaped so far (the payload, and orphans it adopted) comes with it, so the
+    /// parent can close the run without waiting for init's own exit.
     Exited {
         /// Raw wait status.
         status: i32,
+        /// User CPU, µs.
+        user_us: u64,
+        /// System CPU, µs.
+        sys_us: u64,
+        /// Largest resident set of any one of those processes, KiB.
+        max_rss_kib: u64,
     },
 }
 
-const LEN: usize = 16;
+const LEN: usize = 40;
 
 impl Msg {
     fn encode(self) -> [u8; LEN] {
-        let (tag, a, b): (u32, u32, i64) = match self {
-            Msg::Go => (1, 0, 0),
-            Msg::Ready { landlock, abi } => (2, landlock as u32, i64::from(abi)),
-            Msg::Start => (3, 0, 0),
-            Msg::SetupFailed { step, errno } => (4, step as u32, i64::from(errno)),
-            Msg::HashMismatch => (5, 0, 0),
-            Msg::ExecFailed { errno } => (6, 0, i64::from(errno)),
-            Msg::Exited { status } => (7, 0, i64::from(status)),
+        let (tag, a, b, extra): (u32, u32, i64, [u64; 3]) = match self {
+            Msg::Go => (1, 0, 0, [0; 3]),
+            Msg::Ready { landlock, abi } => (2, landlock as u32, i64::from(abi), [0; 3]),
+            Msg::Start => (3, 0, 0, [0; 3]),
+            Msg::SetupFailed { step, errno } => (4, step as u32, i64::from(errno), [0; 3]),
+            Msg::HashMismatch => (5, 0, 0, [0; 3]),
+            Msg::ExecFailed { errno } => (6, 0, i64::from(errno), [0; 3]),
+            Msg::Exited {
+                status,
+                user_us,
+                sys_us,
+                max_rss_kib,
+            } => (7, 0, i64::from(status), [user_us, sys_us, max_rss_kib]),
         };
         let mut buf = [0u8; LEN];
         buf[..4].copy_from_slice(&tag.to_le_bytes());
         buf[4..8].copy_from_slice(&a.to_le_bytes());
-        buf[8..].copy_from_slice(&b.to_le_bytes());
+        buf[8..16].copy_from_slice(&b.to_le_bytes());
+        for (i, v) in extra.iter().enumerate() {
+            buf[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
         buf
     }
 
@@ -157,9 +173,14 @@ impl Msg {
                 .and_then(|s| <[u8; 4]>::try_from(s).ok())
                 .map(u32::from_le_bytes)
         };
+        let long = |at: usize| {
+            buf.get(at..at + 8)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map(u64::from_le_bytes)
+        };
         let tag = word(0..4)?;
         let a = word(4..8)?;
-        let b = i64::from_le_bytes(<[u8; 8]>::try_from(&buf[8..]).ok()?);
+        let b = long(8)? as i64;
         let b32 = i32::try_from(b).ok()?;
         Some(match tag {
             1 => Msg::Go,
@@ -179,7 +200,12 @@ impl Msg {
             },
             5 => Msg::HashMismatch,
             6 => Msg::ExecFailed { errno: b32 },
-            7 => Msg::Exited { status: b32 },
+            7 => Msg::Exited {
+                status: b32,
+                user_us: long(16)?,
+                sys_us: long(24)?,
+                max_rss_kib: long(32)?,
+            },
             _ => return None,
         })
     }
@@ -265,7 +291,12 @@ mod tests {
             Msg::ExecFailed {
                 errno: libc::ENOENT,
             },
-            Msg::Exited { status: 0x0900 },
+            Msg::Exited {
+                status: 0x0900,
+                user_us: 1_234_567,
+                sys_us: u64::MAX,
+                max_rss_kib: 2048,
+            },
         ];
         let (a, b) = pair().unwrap();
         for m in msgs {

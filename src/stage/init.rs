@@ -234,7 +234,14 @@ fn reap(channel: &Channel, sigfd: std::os::fd::BorrowedFd<'_>, payload: libc::pi
                     break;
                 }
                 if w.pid == payload {
-                    let _ = channel.send(Msg::Exited { status: w.status });
+                    let (user_us, sys_us, max_rss_kib) =
+                        sproc::children_usage().unwrap_or((w.user_us, w.sys_us, w.max_rss_kib));
+                    let _ = channel.send(Msg::Exited {
+                        status: w.status,
+                        user_us,
+                        sys_us,
+                        max_rss_kib,
+                    });
                     return if libc::WIFEXITED(w.status) {
                         libc::WEXITSTATUS(w.status)
                     } else {

@@ -41,15 +41,17 @@ pub enum Outcome {
     SetupFailed,
 }
 
-/// Resource usage: wait4 on init (covers every process init reaped) always; the cgroup's
+/// Resource usage: the processes init reaped up to the payload's exit (init's
+/// `RUSAGE_CHILDREN`, sent with the exit; init's own wait4 when the payload never ended under
+/// it) always; the cgroup's
 /// counters (whole run, including what init never reaped) when the run had a cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Usage {
-    /// User CPU, milliseconds (wait4).
+    /// User CPU, milliseconds (rusage).
     pub cpu_user_ms: u64,
-    /// System CPU, milliseconds (wait4).
+    /// System CPU, milliseconds (rusage).
     pub cpu_sys_ms: u64,
-    /// Largest resident set of any single process, KiB (wait4).
+    /// Largest resident set of any single process, KiB (rusage).
     pub max_rss_kib: u64,
     /// CPU time of the whole cgroup, µs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,10 +143,24 @@ const NS_FLAGS: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWCGROUP;
 
+/// When [`run`] returns, relative to init's exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Once init has exited: every process of the run is gone (what copying artifacts out of
+    /// the write grants needs).
+    AfterInit,
+    /// As soon as init reports the payload's exit: the closing record can be written while
+    /// init tears the namespaces down (a few hundred microseconds), and [`Teardown`] reaps
+    /// init before removing the cgroup, so nothing of the run outlives the caller's wait
+    /// for it.
+    AtPayloadExit,
+}
+
 /// Runs the sandbox. `hooks.released` is called right after init is released; init forks the
 /// payload only after the parent's Start, which is sent only once it succeeded: no run
 /// without its record. With `watched`, init is cloned into the run's cgroup and the sentinel
 /// watches it from stage 7 to stage 15.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     ctx: &InitContext,
     uid_map: IdMap,
@@ -152,6 +168,7 @@ pub fn run(
     timeout: Duration,
     hooks: &mut dyn RunHooks,
     watched: Option<Watched>,
+    close: Close,
     teardown: &mut Teardown,
 ) -> RunReport {
     let mut report = RunReport {
@@ -312,6 +329,7 @@ pub fn run(
 
     let mut exec_errno = None;
     let mut payload_status = None;
+    let mut payload_usage = None;
     let mut hash_mismatch = false;
     let mut timed_out = false;
     // The clock starts at the release of init, so a setup that hangs (a stuck mount source)
@@ -399,13 +417,22 @@ pub fn run(
                 }
                 Ok(Some(Msg::HashMismatch)) => hash_mismatch = true,
                 Ok(Some(Msg::ExecFailed { errno })) => exec_errno = Some(errno),
-                Ok(Some(Msg::Exited { status })) => {
+                Ok(Some(Msg::Exited {
+                    status,
+                    user_us,
+                    sys_us,
+                    max_rss_kib,
+                })) => {
                     crate::timeline::mark("payload exited");
                     payload_status = Some(status);
+                    payload_usage = Some((user_us, sys_us, max_rss_kib));
                     // The payload is reaped: its usage is final, and the sentinel's last
                     // reading can run while init's namespaces are torn down.
                     if let Some(s) = &sentinel {
                         s.request_stop();
+                    }
+                    if close == Close::AtPayloadExit {
+                        break;
                     }
                 }
                 Ok(Some(Msg::Go | Msg::Start)) | Err(_) | Ok(None) => channel_open = false,
@@ -431,13 +458,26 @@ pub fn run(
             break;
         }
     }
-    // init is gone (or going): reap it and collect what it reported last.
-    let waited = sproc::wait4(pid, false);
-    crate::timeline::mark("init reaped");
-    while channel_open {
+    // Closing at the payload's exit: init (still tearing down) is reaped by the teardown.
+    // Otherwise init is gone (or going): reap it and collect what it reported last.
+    let early = close == Close::AtPayloadExit && payload_status.is_some();
+    let waited = (!early).then(|| {
+        let w = sproc::wait4(pid, false);
+        crate::timeline::mark("init reaped");
+        w
+    });
+    while channel_open && !early {
         match parent_end.recv() {
             Ok(Some(Msg::ExecFailed { errno })) => exec_errno = Some(errno),
-            Ok(Some(Msg::Exited { status })) => payload_status = Some(status),
+            Ok(Some(Msg::Exited {
+                status,
+                user_us,
+                sys_us,
+                max_rss_kib,
+            })) => {
+                payload_status = Some(status);
+                payload_usage = Some((user_us, sys_us, max_rss_kib));
+            }
             Ok(Some(Msg::HashMismatch)) => hash_mismatch = true,
             Ok(Some(Msg::SetupFailed { step, errno })) => {
                 setup_failed = true;
@@ -458,12 +498,16 @@ pub fn run(
         halted |= note_event(&mut report, &ev);
         hooks.sentinel_event(&ev);
     }
-    if let Ok(w) = waited {
+    // What init reaped up to the payload's exit; init's own wait4 when the payload never
+    // ended under it (setup failures, a killed init).
+    let init_waited = waited.as_ref().and_then(|w| w.as_ref().ok());
+    let rusage = payload_usage.or(init_waited.map(|w| (w.user_us, w.sys_us, w.max_rss_kib)));
+    if let Some((user_us, sys_us, max_rss_kib)) = rusage {
         let u = cg_usage.unwrap_or_default();
         report.usage = Some(Usage {
-            cpu_user_ms: w.user_us / 1000,
-            cpu_sys_ms: w.sys_us / 1000,
-            max_rss_kib: w.max_rss_kib,
+            cpu_user_ms: user_us / 1000,
+            cpu_sys_ms: sys_us / 1000,
+            max_rss_kib,
             cpu_usec: u.cpu_usec,
             memory_peak_bytes: u.memory_peak,
             pids_peak: u.pids_peak,
@@ -482,7 +526,7 @@ pub fn run(
             timed_out,
             halted,
             caller_signal,
-            init_status: waited.ok().map(|w| w.status),
+            init_status: init_waited.map(|w| w.status),
         },
     );
     // Said plainly: a SIGKILL from the OOM killer at the memory limit is not a mystery signal.
@@ -492,39 +536,56 @@ pub fn run(
             "the kernel's OOM killer killed {oom} process(es) at the run's memory limit"
         ));
     }
-    // The report is final; removing the cgroup overlaps the sync of the closing audit
-    // record. The caller waits for it (and the sweep) before exiting.
-    *teardown = Teardown::start(cleanup.0.take(), sweeper);
+    // The report is final; reaping init (when not yet done) and removing the cgroup overlap
+    // the sync of the closing audit record. The caller waits for both (and the sweep) before
+    // exiting.
+    let unreaped = early.then_some((pid, pidfd));
+    *teardown = Teardown::start(cleanup.0.take(), sweeper, unreaped);
     report
 }
 
-/// Stage 15's cgroup removal on a thread of its own, which also collects the sweep for
-/// cgroups of SIGKILLed runners. [`Teardown::wait`] (or dropping it) waits for both.
+/// Stage 15 on a thread of its own: reaping init when the run closed at the payload's exit,
+/// then removing the cgroup; it also collects the sweep for cgroups of SIGKILLed runners.
+/// [`Teardown::wait`] (or dropping it) waits for all of it.
 #[derive(Debug, Default)]
 pub struct Teardown(Option<std::thread::JoinHandle<()>>);
 
+type TeardownWork = Box<dyn FnOnce() + Send>;
+
 impl Teardown {
-    fn start(cgroup: Option<Arc<RunCgroup>>, sweeper: Option<std::thread::JoinHandle<()>>) -> Self {
-        if cgroup.is_none() && sweeper.is_none() {
+    fn start(
+        cgroup: Option<Arc<RunCgroup>>,
+        sweeper: Option<std::thread::JoinHandle<()>>,
+        unreaped: Option<(libc::pid_t, std::os::fd::OwnedFd)>,
+    ) -> Self {
+        if cgroup.is_none() && sweeper.is_none() && unreaped.is_none() {
             return Self(None);
         }
-        let work = move || {
+        let work: TeardownWork = Box::new(move || {
+            if let Some((pid, _pidfd)) = unreaped {
+                // init ends on its own once the payload is gone (and the kernel empties its
+                // pid namespace before init's exit completes).
+                let _ = sproc::wait4(pid, false);
+                crate::timeline::mark("init reaped");
+            }
             finish_cgroup(cgroup.as_deref());
             if let Some(h) = sweeper {
                 let _ = h.join();
             }
-        };
-        match std::thread::Builder::new()
+        });
+        // Shared so that a failed spawn leaves the work here to be done on this thread.
+        let slot = Arc::new(std::sync::Mutex::new(Some(work)));
+        let theirs = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
             .name("calyx:teardown".into())
-            .spawn(work)
-        {
+            .spawn(move || take_work(&theirs).map_or((), |w| w()));
+        match spawned {
             Ok(h) => Self(Some(h)),
-            // No thread to be had: the work was moved into the failed spawn and is lost, so
-            // the next run's sweep removes the cgroup. Say so.
             Err(e) => {
-                eprintln!(
-                    "calyx-run: starting the teardown thread: {e} (the next run removes the cgroup)"
-                );
+                eprintln!("calyx-run: starting the teardown thread: {e} (tearing down here)");
+                if let Some(w) = take_work(&slot) {
+                    w();
+                }
                 Self(None)
             }
         }
@@ -545,6 +606,13 @@ impl Teardown {
 impl Drop for Teardown {
     fn drop(&mut self) {
         self.join();
+    }
+}
+
+fn take_work(slot: &std::sync::Mutex<Option<TeardownWork>>) -> Option<TeardownWork> {
+    match slot.lock() {
+        Ok(mut w) => w.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
     }
 }
 

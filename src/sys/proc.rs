@@ -156,6 +156,17 @@ pub fn wait4(pid: libc::pid_t, nohang: bool) -> io::Result<Waited> {
     }
 }
 
+/// CPU time and peak RSS of every child the caller has reaped so far
+/// (`getrusage(RUSAGE_CHILDREN)`), as (user µs, system µs, max RSS KiB).
+pub fn children_usage() -> io::Result<(u64, u64, u64)> {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live, writable local.
+    check_int(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) })?;
+    let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+    Ok((us(ru.ru_utime), us(ru.ru_stime), ru.ru_maxrss as u64))
+}
+
 /// `kill(pid, sig)`.
 pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: integer-only syscall.
