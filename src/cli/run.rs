@@ -603,8 +603,8 @@ struct Hooks<'a> {
 impl parent::RunHooks for Hooks<'_> {
     fn cloned(&mut self) {
         // The runner may have threads from here on; the payload does not exist yet. The
-        // ledger's open and commit run beside the rest of the setup (uid/gid maps, the
-        // sentinel, init building its view).
+        // ledger's open and commit run beside the rest of the setup (the sentinel, init
+        // building its view).
         self.lease_use.begin();
     }
 

@@ -75,9 +75,9 @@ pub struct Usage {
 
 /// The run's side of the caller: its audit records.
 pub trait RunHooks {
-    /// Called right after the clone, in the parent, which may start threads from here on:
-    /// work that must be done before the payload starts can begin here and overlap the rest
-    /// of the setup.
+    /// Called in the parent once init has its id maps and is released (the parent may start
+    /// threads from the clone on): work that must be done before the payload starts can
+    /// begin here and overlap the rest of the setup.
     fn cloned(&mut self) {}
     /// Called right after init is released: writes exec_event.STARTED (synced) while init
     /// works on the other core; Err(reason) aborts the run.
@@ -242,7 +242,6 @@ pub fn run(
         Ok(Cloned::Parent { pid, pidfd }) => (pid, pidfd),
     };
     crate::timeline::mark("cloned");
-    hooks.cloned();
     drop(init_end);
     drop(cgroup_fd);
     drop(cgroup_tasks);
@@ -262,6 +261,9 @@ pub fn run(
         return fail(report, format!("releasing init: {e}"));
     }
     crate::timeline::mark("maps written, init released");
+    // Only now: a thread started before the maps are written competes with writing them,
+    // and init can do nothing until it has them.
+    hooks.cloned();
     // Stage 7: the sentinel thread, now that the clone is done (threads before a fork-style
     // clone would leave the child with locks held by threads it does not have).
     let (tx, rx) = mpsc::channel();
