@@ -329,7 +329,9 @@ fn fork_bomb_under_32_pids_is_contained_and_ended() {
         json!({"limits": {"pids": 32, "timeout_secs": 60}}),
     );
     let t = Instant::now();
-    let (out, r) = run_sh(&f, As::Caller, &lease, "b() { b | b & }; b; sleep 30");
+    // `exec sleep`: the shell itself must not need a fork once the bomb has filled pids.max,
+    // or it could exit on its own ("Cannot fork") before the sentinel ends the run.
+    let (out, r) = run_sh(&f, As::Caller, &lease, "b() { b | b & }; b; exec sleep 30");
     assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     assert_eq!(r["outcome"], "halted", "{r}");
