@@ -106,13 +106,6 @@ fn stop(code: u8, outcome: Outcome, message: impl Into<String>) -> Stop {
 /// Runs `calyx-run` with parsed arguments; returns the process exit code.
 pub fn main(args: Args) -> u8 {
     let started = Instant::now();
-    // One malloc arena for every thread, before there is any. glibc gives each new thread an
-    // arena of its own, reserving 64 MiB of address space: init's network-namespace thread
-    // would leave one behind in init, and a memory limit that falls back to RLIMIT_AS (64 MiB
-    // say) would then refuse init every later mapping, the payload's stack among them. The
-    // runner's few short-lived threads allocate little; sharing the main arena also spares
-    // each of them a fresh mapping and its page faults.
-    let _ = sys::proc::single_malloc_arena();
     // Started setuid/setgid (or with file capabilities), calyx refuses: it is built to run with
     // exactly the caller's privileges and must never be a confused deputy.
     let ids = sys::proc::ids();

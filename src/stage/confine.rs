@@ -71,15 +71,6 @@ impl Confinement {
         }
     }
 
-    /// True when init will limit its own address space or data segment (RLIMIT_AS or
-    /// RLIMIT_DATA): init then starts no thread, whose leftovers (a cached stack, perhaps an
-    /// allocator arena) would count against the limit.
-    pub fn limits_address_space(&self) -> bool {
-        self.rlimits
-            .iter()
-            .any(|(r, _)| matches!(r, Resource::As | Resource::Data))
-    }
-
     /// One-line seccomp status for reports.
     pub fn seccomp_status(&self) -> String {
         self.seccomp.status_line()

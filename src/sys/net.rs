@@ -11,38 +11,6 @@ pub fn unshare_network() -> io::Result<()> {
     check_int(unsafe { libc::unshare(libc::CLONE_NEWNET) }).map(drop)
 }
 
-/// `SIOCGSKNS` (linux/sockios.h): an fd of the network namespace a socket belongs to.
-const SIOCGSKNS: libc::c_ulong = 0x894C;
-
-/// An fd of the calling thread's network namespace, through a throwaway socket made in it
-/// (`SIOCGSKNS`, CAP_NET_ADMIN over the namespace required). Unlike `/proc/thread-self/ns/net`
-/// it needs no `/proc`, whatever the process's root is at the time.
-pub fn current_network_fd() -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: socket() takes integers only.
-    let sock = check_int(unsafe {
-        libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-    })?;
-    // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor.
-    let ns = check_int(unsafe { libc::ioctl(sock, SIOCGSKNS as _) });
-    // SAFETY: `sock` is ours and unused after this.
-    unsafe { libc::close(sock) };
-    let ns = ns?;
-    // Not close-on-exec by default: set it before anyone can exec.
-    // SAFETY: `ns` was just returned by the kernel and is owned by nobody else.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) };
-    // SAFETY: F_SETFD with an integer flag on a live descriptor.
-    check_int(unsafe { libc::fcntl(ns, libc::F_SETFD, libc::FD_CLOEXEC) })?;
-    Ok(owned)
-}
-
-/// `setns(fd, CLONE_NEWNET)`: the calling thread moves into the network namespace `fd` names.
-pub fn enter_network(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setns takes a live descriptor and an integer flag.
-    check_int(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }).map(drop)
-}
-
 /// `struct ifreq` restricted to the name and the flags member of its union.
 #[repr(C)]
 struct IfreqFlags {

@@ -156,13 +156,6 @@ pub fn wait4(pid: libc::pid_t, nohang: bool) -> io::Result<Waited> {
     }
 }
 
-/// Makes every thread of this process (and of a fork-style child) allocate from glibc's one
-/// main malloc arena (`mallopt(M_ARENA_MAX, 1)`). Returns false if the allocator refused.
-pub fn single_malloc_arena() -> bool {
-    // SAFETY: mallopt only sets a tunable of the allocator; called before any thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) == 1 }
-}
-
 /// CPU time and peak RSS of every child the caller has reaped so far
 /// (`getrusage(RUSAGE_CHILDREN)`), as (user µs, system µs, max RSS KiB).
 pub fn children_usage() -> io::Result<(u64, u64, u64)> {
