@@ -130,13 +130,20 @@ pub enum Msg {
     Exited {
         /// Raw wait status.
         status: i32,
-        /// User CPU, µs.
-        user_us: u64,
-        /// System CPU, µs.
-        sys_us: u64,
-        /// Largest resident set of any one of those processes, KiB.
-        max_rss_kib: u64,
+        /// What init has reaped so far.
+        usage: Reaped,
     },
+}
+
+/// CPU time and peak RSS of the processes init has reaped (its `RUSAGE_CHILDREN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reaped {
+    /// User CPU, µs.
+    pub user_us: u64,
+    /// System CPU, µs.
+    pub sys_us: u64,
+    /// Largest resident set of any one of those processes, KiB.
+    pub max_rss_kib: u64,
 }
 
 const LEN: usize = 40;
@@ -150,12 +157,12 @@ impl Msg {
             Msg::SetupFailed { step, errno } => (4, step as u32, i64::from(errno), [0; 3]),
             Msg::HashMismatch => (5, 0, 0, [0; 3]),
             Msg::ExecFailed { errno } => (6, 0, i64::from(errno), [0; 3]),
-            Msg::Exited {
-                status,
-                user_us,
-                sys_us,
-                max_rss_kib,
-            } => (7, 0, i64::from(status), [user_us, sys_us, max_rss_kib]),
+            Msg::Exited { status, usage: u } => (
+                7,
+                0,
+                i64::from(status),
+                [u.user_us, u.sys_us, u.max_rss_kib],
+            ),
         };
         let mut buf = [0u8; LEN];
         buf[..4].copy_from_slice(&tag.to_le_bytes());
@@ -202,9 +209,11 @@ impl Msg {
             6 => Msg::ExecFailed { errno: b32 },
             7 => Msg::Exited {
                 status: b32,
-                user_us: long(16)?,
-                sys_us: long(24)?,
-                max_rss_kib: long(32)?,
+                usage: Reaped {
+                    user_us: long(16)?,
+                    sys_us: long(24)?,
+                    max_rss_kib: long(32)?,
+                },
             },
             _ => return None,
         })
@@ -293,9 +302,11 @@ mod tests {
             },
             Msg::Exited {
                 status: 0x0900,
-                user_us: 1_234_567,
-                sys_us: u64::MAX,
-                max_rss_kib: 2048,
+                usage: Reaped {
+                    user_us: 1_234_567,
+                    sys_us: u64::MAX,
+                    max_rss_kib: 2048,
+                },
             },
         ];
         let (a, b) = pair().unwrap();

@@ -236,11 +236,14 @@ fn reap(channel: &Channel, sigfd: std::os::fd::BorrowedFd<'_>, payload: libc::pi
                 if w.pid == payload {
                     let (user_us, sys_us, max_rss_kib) =
                         sproc::children_usage().unwrap_or((w.user_us, w.sys_us, w.max_rss_kib));
-                    let _ = channel.send(Msg::Exited {
-                        status: w.status,
+                    let usage = channel::Reaped {
                         user_us,
                         sys_us,
                         max_rss_kib,
+                    };
+                    let _ = channel.send(Msg::Exited {
+                        status: w.status,
+                        usage,
                     });
                     return if libc::WIFEXITED(w.status) {
                         libc::WEXITSTATUS(w.status)

@@ -419,15 +419,10 @@ pub fn run(
                 }
                 Ok(Some(Msg::HashMismatch)) => hash_mismatch = true,
                 Ok(Some(Msg::ExecFailed { errno })) => exec_errno = Some(errno),
-                Ok(Some(Msg::Exited {
-                    status,
-                    user_us,
-                    sys_us,
-                    max_rss_kib,
-                })) => {
+                Ok(Some(Msg::Exited { status, usage })) => {
                     crate::timeline::mark("payload exited");
                     payload_status = Some(status);
-                    payload_usage = Some((user_us, sys_us, max_rss_kib));
+                    payload_usage = Some(usage);
                     // The payload is reaped: its usage is final, and the sentinel's last
                     // reading can run while init's namespaces are torn down.
                     if let Some(s) = &sentinel {
@@ -471,14 +466,9 @@ pub fn run(
     while channel_open && !early {
         match parent_end.recv() {
             Ok(Some(Msg::ExecFailed { errno })) => exec_errno = Some(errno),
-            Ok(Some(Msg::Exited {
-                status,
-                user_us,
-                sys_us,
-                max_rss_kib,
-            })) => {
+            Ok(Some(Msg::Exited { status, usage })) => {
                 payload_status = Some(status);
-                payload_usage = Some((user_us, sys_us, max_rss_kib));
+                payload_usage = Some(usage);
             }
             Ok(Some(Msg::HashMismatch)) => hash_mismatch = true,
             Ok(Some(Msg::SetupFailed { step, errno })) => {
@@ -503,13 +493,17 @@ pub fn run(
     // What init reaped up to the payload's exit; init's own wait4 when the payload never
     // ended under it (setup failures, a killed init).
     let init_waited = waited.as_ref().and_then(|w| w.as_ref().ok());
-    let rusage = payload_usage.or(init_waited.map(|w| (w.user_us, w.sys_us, w.max_rss_kib)));
-    if let Some((user_us, sys_us, max_rss_kib)) = rusage {
+    let reaped = payload_usage.or(init_waited.map(|w| channel::Reaped {
+        user_us: w.user_us,
+        sys_us: w.sys_us,
+        max_rss_kib: w.max_rss_kib,
+    }));
+    if let Some(r) = reaped {
         let u = cg_usage.unwrap_or_default();
         report.usage = Some(Usage {
-            cpu_user_ms: user_us / 1000,
-            cpu_sys_ms: sys_us / 1000,
-            max_rss_kib,
+            cpu_user_ms: r.user_us / 1000,
+            cpu_sys_ms: r.sys_us / 1000,
+            max_rss_kib: r.max_rss_kib,
             cpu_usec: u.cpu_usec,
             memory_peak_bytes: u.memory_peak,
             pids_peak: u.pids_peak,
