@@ -558,9 +558,20 @@ impl Teardown {
             return Self(None);
         }
         let work: TeardownWork = Box::new(move || {
-            if let Some((pid, _pidfd)) = unreaped {
+            if let Some((pid, pidfd)) = unreaped {
                 // init ends on its own once the payload is gone (and the kernel empties its
-                // pid namespace before init's exit completes).
+                // pid namespace before init's exit completes). One still there after the
+                // grace (frozen by a rule in the moment the payload ended, say) is killed
+                // with its cgroup, thawed, so that this wait has an end.
+                let gone = ssig::poll(&[(pidfd.as_fd(), libc::POLLIN)], grace_ms())
+                    .is_ok_and(|rev| rev[0] != 0);
+                if !gone {
+                    if let Some(cg) = cgroup.as_deref() {
+                        let _ = cg.kill(None);
+                        let _ = cg.thaw();
+                    }
+                    let _ = sproc::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
+                }
                 let _ = sproc::wait4(pid, false);
                 crate::timeline::mark("init reaped");
             }
@@ -603,6 +614,11 @@ impl Drop for Teardown {
     fn drop(&mut self) {
         self.join();
     }
+}
+
+/// [`KILL_GRACE`] in milliseconds, for poll.
+fn grace_ms() -> i32 {
+    i32::try_from(KILL_GRACE.as_millis()).unwrap_or(i32::MAX)
 }
 
 fn take_work(slot: &std::sync::Mutex<Option<TeardownWork>>) -> Option<TeardownWork> {
