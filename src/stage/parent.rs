@@ -754,3 +754,34 @@ fn write_maps(pid: libc::pid_t, uid: IdMap, gid: IdMap) -> Result<(), String> {
     write("gid_map", format!("{} {} 1\n", gid.inside, gid.outside))?;
     write("uid_map", format!("{} {} 1\n", uid.inside, uid.outside))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Closing at the payload's exit leaves init to the teardown. An init that does not end
+    /// on its own (frozen by a rule, say) is killed after the grace: the teardown, which
+    /// calyx-run waits for before it exits, always ends, and reaps it.
+    // The child is reaped by the teardown's wait4, which is what this checks.
+    #[allow(clippy::zombie_processes)]
+    #[test]
+    fn teardown_kills_and_reaps_an_init_that_does_not_end() {
+        let child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        let pidfd = sproc::pidfd_open(pid).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            Teardown::start(None, None, Some((pid, pidfd))).wait();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(KILL_GRACE + Duration::from_secs(30))
+            .expect("the teardown never ended");
+        // Reaped by the teardown: no such child any more.
+        assert!(sproc::wait4(pid, true).is_err());
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+}

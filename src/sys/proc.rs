@@ -173,6 +173,15 @@ pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
     check_int(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
+/// `pidfd_open(pid, 0)`: a descriptor of a process, pollable for its exit.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: integer-only syscall; the returned descriptor is new and owned by nobody else.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: see above; the value fits an fd number.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// `pidfd_send_signal(pidfd, sig)`.
 pub fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: null siginfo means "as kill() would send it"; the fd is borrowed and open.
