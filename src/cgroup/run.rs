@@ -50,6 +50,7 @@ pub fn v1_monitors(companion: Option<&dyn Fn(&str) -> bool>) -> Vec<&'static str
         })
         .collect()
 }
+
 /// v2 controllers enabled for usage even when no limit needs them.
 const V2_MONITOR: &[&str] = &["memory", "pids"];
 
