@@ -387,22 +387,12 @@ impl StatSource {
         full: &Sample,
     ) -> Result<Sample, SentinelError> {
         let wants = |m: HaltMetric| metrics.contains(&m);
-        let (memory, pids, cpu, psi): (Option<&Path>, Option<&Path>, Option<&Path>, Option<&Path>) =
-            match self {
-                Self::V2 { dir } => (Some(dir), Some(dir), Some(dir), Some(dir)),
-                Self::V1 {
-                    memory,
-                    pids,
-                    cpuacct,
-                    v2,
-                    ..
-                } => (
-                    memory.as_deref(),
-                    pids.as_deref(),
-                    cpuacct.as_deref(),
-                    v2.as_deref(),
-                ),
-            };
+        let (memory, pids, psi): (Option<&Path>, Option<&Path>, Option<&Path>) = match self {
+            Self::V2 { dir } => (Some(dir), Some(dir), Some(dir)),
+            Self::V1 {
+                memory, pids, v2, ..
+            } => (memory.as_deref(), pids.as_deref(), v2.as_deref()),
+        };
         let v2 = matches!(self, Self::V2 { .. });
         let mut s = Sample {
             memory_limit: full.memory_limit,
@@ -431,16 +421,50 @@ impl StatSource {
             s.pids_max_events = keyed(pids, "pids.events", "max")?;
         }
         if wants(HaltMetric::CpuSeconds) {
-            s.cpu_usec = if v2 {
-                keyed(cpu, "cpu.stat", "usage_usec")?
-            } else {
-                v1_cpu_usec(cpu, psi)?
-            };
+            s.cpu_usec = self.cpu_usec()?;
         }
         if wants(HaltMetric::MemoryPressureSomeAvg10) {
             s.memory_pressure_some_avg10 = pressure(psi)?;
         }
         Ok(s)
+    }
+
+    /// CPU time of the run, µs.
+    fn cpu_usec(&self) -> Result<Option<u64>, SentinelError> {
+        match self {
+            Self::V2 { dir } => keyed(Some(dir), "cpu.stat", "usage_usec"),
+            Self::V1 { cpuacct, v2, .. } => v1_cpu_usec(cpuacct.as_deref(), v2.as_deref()),
+        }
+    }
+
+    /// Processes the kernel's OOM killer killed in the run.
+    fn oom_kills(&self) -> Result<Option<u64>, SentinelError> {
+        match self {
+            Self::V2 { dir } => keyed(Some(dir), "memory.events", "oom_kill"),
+            Self::V1 { memory, .. } => keyed(memory.as_deref(), "memory.oom_control", "oom_kill"),
+        }
+    }
+
+    /// Bytes the run read from and wrote to block devices (io.stat; v1: blkio).
+    fn io_bytes(&self) -> Result<Option<(u64, u64)>, SentinelError> {
+        let (file, dir) = match self {
+            Self::V2 { dir } => ("io.stat", Some(dir.as_path())),
+            Self::V1 { blkio, .. } => (
+                "blkio.throttle.io_service_bytes_recursive",
+                blkio.as_deref(),
+            ),
+        };
+        let Some(text) = dir.map(|d| read_opt(&d.join(file))).transpose()?.flatten() else {
+            return Ok(None);
+        };
+        match self {
+            Self::V2 { .. } => Ok(Some(
+                parse_io_stat(&text)?
+                    .values()
+                    .fold((0, 0), |(r, w), c| (r + c.rbytes, w + c.wbytes)),
+            )),
+            Self::V1 { .. } => parse_blkio_service_bytes(&text).map(Some),
+        }
     }
 
     /// Read only what a run's usage needs (peaks, CPU, IO, OOM kills): the last reading,
@@ -467,49 +491,14 @@ impl StatSource {
             Some(_) => None,
             None => num(pids, "pids.current")?,
         };
-        let (cpu_usec, oom_kills, io) = match self {
-            Self::V2 { dir } => {
-                let d = Some(dir.as_path());
-                let io = read_opt(&dir.join("io.stat"))?
-                    .map(|t| parse_io_stat(&t))
-                    .transpose()?
-                    .map(|m| {
-                        m.values()
-                            .fold((0, 0), |(r, w), c| (r + c.rbytes, w + c.wbytes))
-                    });
-                (
-                    keyed(d, "cpu.stat", "usage_usec")?,
-                    keyed(d, "memory.events", "oom_kill")?,
-                    io,
-                )
-            }
-            Self::V1 {
-                memory,
-                cpuacct,
-                blkio,
-                v2,
-                ..
-            } => {
-                let io = match blkio {
-                    Some(b) => read_opt(&b.join("blkio.throttle.io_service_bytes_recursive"))?
-                        .map(|t| parse_blkio_service_bytes(&t))
-                        .transpose()?,
-                    None => None,
-                };
-                (
-                    v1_cpu_usec(cpuacct.as_deref(), v2.as_deref())?,
-                    keyed(memory.as_deref(), "memory.oom_control", "oom_kill")?,
-                    io,
-                )
-            }
-        };
+        let io = self.io_bytes()?;
         Ok(Sample {
             memory_bytes,
             memory_peak,
-            oom_kills,
+            oom_kills: self.oom_kills()?,
             pids: pids_now,
             pids_peak,
-            cpu_usec,
+            cpu_usec: self.cpu_usec()?,
             io_read_bytes: io.map(|(r, _)| r),
             io_write_bytes: io.map(|(_, w)| w),
             ..Sample::default()
@@ -521,52 +510,40 @@ impl StatSource {
         match self {
             Self::V2 { dir } => {
                 let d = Some(dir.as_path());
-                let io = read_opt(&dir.join("io.stat"))?
-                    .map(|t| parse_io_stat(&t))
-                    .transpose()?;
-                let sum = |f: fn(&IoCounters) -> u64| io.as_ref().map(|m| m.values().map(f).sum());
+                let io = self.io_bytes()?;
                 Ok(Sample {
                     memory_bytes: num(d, "memory.current")?,
                     memory_inactive_file: inactive_file(d, true)?,
                     memory_limit: limit(d, "memory.max")?,
                     memory_peak: num(d, "memory.peak")?,
-                    oom_kills: keyed(d, "memory.events", "oom_kill")?,
+                    oom_kills: self.oom_kills()?,
                     pids: num(d, "pids.current")?,
                     pids_limit: limit(d, "pids.max")?,
                     pids_peak: num(d, "pids.peak")?,
                     pids_max_events: keyed(d, "pids.events", "max")?,
-                    cpu_usec: keyed(d, "cpu.stat", "usage_usec")?,
-                    io_read_bytes: sum(|c| c.rbytes),
-                    io_write_bytes: sum(|c| c.wbytes),
+                    cpu_usec: self.cpu_usec()?,
+                    io_read_bytes: io.map(|(r, _)| r),
+                    io_write_bytes: io.map(|(_, w)| w),
                     memory_pressure_some_avg10: pressure(d)?,
                     output_bytes: None,
                 })
             }
             Self::V1 {
-                memory,
-                pids,
-                cpuacct,
-                blkio,
-                v2,
+                memory, pids, v2, ..
             } => {
                 let (m, p) = (memory.as_deref(), pids.as_deref());
-                let io = match blkio {
-                    Some(b) => read_opt(&b.join("blkio.throttle.io_service_bytes_recursive"))?
-                        .map(|t| parse_blkio_service_bytes(&t))
-                        .transpose()?,
-                    None => None,
-                };
+                let io = self.io_bytes()?;
                 Ok(Sample {
                     memory_bytes: num(m, "memory.usage_in_bytes")?,
                     memory_inactive_file: inactive_file(m, false)?,
                     memory_limit: limit(m, "memory.limit_in_bytes")?,
                     memory_peak: num(m, "memory.max_usage_in_bytes")?,
-                    oom_kills: keyed(m, "memory.oom_control", "oom_kill")?,
+                    oom_kills: self.oom_kills()?,
                     pids: num(p, "pids.current")?,
                     pids_limit: limit(p, "pids.max")?,
                     pids_peak: num(p, "pids.peak")?,
                     pids_max_events: keyed(p, "pids.events", "max")?,
-                    cpu_usec: v1_cpu_usec(cpuacct.as_deref(), v2.as_deref())?,
+                    cpu_usec: self.cpu_usec()?,
                     io_read_bytes: io.map(|(r, _)| r),
                     io_write_bytes: io.map(|(_, w)| w),
                     memory_pressure_some_avg10: pressure(v2.as_deref())?,
