@@ -265,9 +265,9 @@ impl RunCgroup {
                 Err(problem) => self.gaps.push(Gap::NoV2Companion(problem)),
             }
         }
-        let companion = self.v2.clone();
-        let has = move |f: &str| companion.as_deref().is_some_and(|d| d.join(f).exists());
-        let monitors = v1_monitors(self.v2.is_some().then_some(&has as &dyn Fn(&str) -> bool));
+        let companion = self.v2.as_deref();
+        let has = |f: &str| companion.is_some_and(|d| d.join(f).exists());
+        let monitors = v1_monitors(companion.map(|_| &has as &dyn Fn(&str) -> bool));
         let mut wanted: Vec<&'static str> = plan.iter().map(|w| w.controller).collect();
         wanted.extend(monitors);
         for c in wanted {

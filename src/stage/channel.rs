@@ -146,6 +146,17 @@ pub struct Reaped {
     pub max_rss_kib: u64,
 }
 
+impl Reaped {
+    /// The usage wait4 reported with one reaped child (and what it had reaped).
+    pub fn of(w: &sys::proc::Waited) -> Reaped {
+        Reaped {
+            user_us: w.user_us,
+            sys_us: w.sys_us,
+            max_rss_kib: w.max_rss_kib,
+        }
+    }
+}
+
 const LEN: usize = 40;
 
 impl Msg {

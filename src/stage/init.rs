@@ -234,13 +234,13 @@ fn reap(channel: &Channel, sigfd: std::os::fd::BorrowedFd<'_>, payload: libc::pi
                     break;
                 }
                 if w.pid == payload {
-                    let (user_us, sys_us, max_rss_kib) =
-                        sproc::children_usage().unwrap_or((w.user_us, w.sys_us, w.max_rss_kib));
-                    let usage = channel::Reaped {
-                        user_us,
-                        sys_us,
-                        max_rss_kib,
-                    };
+                    let usage = sproc::children_usage()
+                        .map(|(user_us, sys_us, max_rss_kib)| channel::Reaped {
+                            user_us,
+                            sys_us,
+                            max_rss_kib,
+                        })
+                        .unwrap_or_else(|_| channel::Reaped::of(&w));
                     let _ = channel.send(Msg::Exited {
                         status: w.status,
                         usage,

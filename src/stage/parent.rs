@@ -493,11 +493,7 @@ pub fn run(
     // What init reaped up to the payload's exit; init's own wait4 when the payload never
     // ended under it (setup failures, a killed init).
     let init_waited = waited.as_ref().and_then(|w| w.as_ref().ok());
-    let reaped = payload_usage.or(init_waited.map(|w| channel::Reaped {
-        user_us: w.user_us,
-        sys_us: w.sys_us,
-        max_rss_kib: w.max_rss_kib,
-    }));
+    let reaped = payload_usage.or(init_waited.map(channel::Reaped::of));
     if let Some(r) = reaped {
         let u = cg_usage.unwrap_or_default();
         report.usage = Some(Usage {
