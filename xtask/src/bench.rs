@@ -26,13 +26,13 @@ pub fn bench() -> Result<()> {
     }
     header("build (release, and the bench-baseline build without ledger and receipts)");
     run(cargo().args(["build", "--quiet", "--release", "--bins"]))?;
-    let bin = repo_root().join("target/release");
-    let baseline_dir = repo_root().join("target/bench-baseline");
+    let bin = util::bin_dir(&util::target_dir(), "release")?;
+    let baseline_dir = util::target_dir().join("bench-baseline");
     run(cargo()
         .args(["build", "--quiet", "--release", "--bins"])
         .args(["--features", "bench-baseline", "--target-dir"])
         .arg(&baseline_dir))?;
-    let baseline = baseline_dir.join("release/calyx-run");
+    let baseline = util::bin_dir(&baseline_dir, "release")?.join("calyx-run");
 
     header("lease verification throughput (criterion, one core)");
     run(cargo().args(["bench", "--quiet", "--bench", "verify"]))?;

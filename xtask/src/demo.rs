@@ -14,12 +14,12 @@ use std::process::Command;
 
 use base64::Engine as _;
 
-use crate::util::{Result, cargo, fail, header, repo_root, run, show};
+use crate::util::{self, Result, cargo, fail, header, repo_root, run, show};
 
 pub fn demo() -> Result<()> {
     header("build");
     run(cargo().args(["build", "--quiet", "--bins"]))?;
-    let bin = repo_root().join("target/debug");
+    let bin = util::bin_dir(&util::target_dir(), "debug")?;
     let dir = scratch_dir()?;
     let result = walkthrough(&bin, &dir);
     // The directory holds throw-away keys only; leave nothing behind either way.
@@ -395,8 +395,10 @@ fn refused(cmd: &mut Command, code: i32) -> Result<()> {
 /// The command line with the scratch directory shortened, for readable output.
 fn brief(cmd: &Command) -> String {
     let s = show(cmd);
-    let bin = repo_root().join("target/debug/");
-    s.replace(&*bin.to_string_lossy(), "")
+    match util::bin_dir(&util::target_dir(), "debug") {
+        Ok(bin) => s.replace(&format!("{}/", bin.display()), ""),
+        Err(_) => s,
+    }
 }
 
 /// Rewrites the payload's subject without re-signing: what an attacker holding a signed lease

@@ -59,6 +59,37 @@ pub fn use_target_dir(dir: PathBuf) {
     let _ = TARGET_DIR.set(dir);
 }
 
+/// The target directory cargo builds into: the one set by [`use_target_dir`], else
+/// `CARGO_TARGET_DIR`, else the checkout's `target/`.
+pub fn target_dir() -> PathBuf {
+    TARGET_DIR
+        .get()
+        .cloned()
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// Where the binaries of `profile` (`debug`, `release`) built into `target_dir` are.
+/// `.cargo/config.toml` builds for the host tuple named explicitly, so cargo puts them under
+/// `target_dir/<host tuple>/<profile>`.
+pub fn bin_dir(target_dir: &Path, profile: &str) -> Result<PathBuf> {
+    Ok(target_dir.join(host_tuple()?).join(profile))
+}
+
+/// The host tuple as rustc names it (`host:` in `rustc -vV`).
+fn host_tuple() -> Result<String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(&rustc)
+        .arg("-vV")
+        .output()
+        .map_err(|e| fail(format!("cannot run `{rustc} -vV`: {e}")))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(|h| h.trim().to_owned())
+        .ok_or_else(|| fail(format!("`{rustc} -vV` names no host tuple")))
+}
+
 /// `cargo` as the one running this task.
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

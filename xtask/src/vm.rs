@@ -336,10 +336,7 @@ fn run(opts: &Options) -> Result<()> {
 
 /// `target/vm` (or under CARGO_TARGET_DIR).
 fn vm_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| util::repo_root().join("target"))
-        .join("vm")
+    util::target_dir().join("vm")
 }
 
 /// Installs what is missing when root; otherwise names the exact apt-get line.
