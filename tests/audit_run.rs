@@ -351,7 +351,8 @@ fn timeline_is_printed_only_when_asked() {
         "STARTED synced",
         "payload exited",
         "closing record synced",
-        "receipt signed and written",
+        "receipt signed",
+        "receipt copy written",
     ] {
         assert!(names.contains(&must), "{must:?} missing: {names:?}");
     }

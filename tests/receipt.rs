@@ -1,13 +1,14 @@
 //! Run receipts end to end: the real calyx-run signs one after every run with the host key,
 //! `calyx receipt verify` accepts it with the host's public key and refuses (77) one flipped
 //! byte in the payload or the signature and a wrong key; the receipt binds the lease file,
-//! the executable and the closing audit line. Cases run as root and as `nobody`.
+//! the executable and the run's opening audit line, and the closing audit line carries it, so
+//! `calyx receipt get` restores a lost copy. Cases run as root and as `nobody`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[macro_use]
 mod common;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -113,14 +114,48 @@ fn receipt_verifies_and_binds_lease_executable_and_audit_line(user: User) {
         sha(&fs::read(common::PYTHON).unwrap()).as_str()
     );
     assert_eq!(r["executable"]["source"], "host_file");
-    // The closing audit line: its hash is the SHA-256 of the line without its newline.
+    // The opening audit line (STARTED): its hash is the SHA-256 of the line without its
+    // newline.
+    assert_eq!(r["version"], 2);
     let audit = sb.audit_text();
-    let closing = audit
+    let line_of = |event: &str| -> Value {
+        let line = audit
+            .lines()
+            .rfind(|l| l.contains(&format!("\"{event}\"")))
+            .unwrap_or_else(|| panic!("no {event} in {audit}"));
+        serde_json::from_str(line).unwrap()
+    };
+    let started = audit
         .lines()
-        .rfind(|l| l.contains("\"exec_event.FINISHED\""))
-        .unwrap_or_else(|| panic!("no FINISHED in {audit}"));
-    assert_eq!(r["audit"]["hash"], sha(closing.as_bytes()).as_str());
-    assert!(r["audit"]["seq"].is_u64());
+        .rfind(|l| l.contains("\"exec_event.STARTED\""))
+        .unwrap();
+    assert_eq!(r["audit"]["hash"], sha(started.as_bytes()).as_str());
+    assert_eq!(r["audit"]["seq"], line_of("exec_event.STARTED")["seq"]);
+    // The closing line carries the very envelope of the file.
+    let file: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(line_of("exec_event.FINISHED")["receipt"], file);
+    // And `calyx receipt get` gives the file back, byte for byte.
+    let run_id = result["run_id"].as_str().unwrap();
+    let got = get(&sb, run_id, &[]);
+    got.assert_code(0);
+    assert_eq!(got.stdout.as_bytes(), fs::read(&path).unwrap());
+    get(&sb, "RUN-00000000-000000-0000000000000000", &[])
+        .assert_code(1)
+        .assert_stderr_has("no closing audit line of this run carries a receipt");
+}
+
+/// `calyx receipt get RUN_ID --audit-log <the latest run's log> EXTRA…`.
+fn get(sb: &Sandbox, run_id: &str, extra: &[&OsStr]) -> Outcome {
+    let mut argv: Vec<OsString> = vec![
+        calyx_bin().into(),
+        "receipt".into(),
+        "get".into(),
+        run_id.into(),
+        "--audit-log".into(),
+        sb.audit_log().into(),
+    ];
+    argv.extend(extra.iter().map(|a| a.to_os_string()));
+    Running::start(&argv, &[], None).finish(run_deadline())
 }
 
 /// Rewrites the receipt with one byte of the decoded payload or signature flipped.
@@ -215,8 +250,9 @@ fn configured_host_key_is_used_and_a_missing_one_refuses_the_run(user: User) {
 }
 
 fn unwritable_receipt_keeps_the_run_exit_code(user: User) {
-    // Decision under test: the payload ran and its exit code stands; the missing receipt is
-    // reported on stderr and as receipt_error in the result.
+    // Decision under test: the payload ran and its exit code stands; the missing receipt
+    // file is reported on stderr and as receipt_error in the result, and the receipt is not
+    // lost: the closing audit line holds it, and `calyx receipt get --out` writes the file.
     let mut sb = Sandbox::new();
     let lease = sb.prepared_lease();
     let mut argv = sb.run_argv(
@@ -229,7 +265,8 @@ fn unwritable_receipt_keeps_the_run_exit_code(user: User) {
     fs::write(sb.state_dir().join("receipts"), b"in the way").unwrap();
     let out = Running::start(&argv, &[], None).finish(run_deadline());
     out.assert_code(PAYLOAD_DONE)
-        .assert_stderr_has("receipt not written");
+        .assert_stderr_has("receipt file not written")
+        .assert_stderr_has("calyx receipt get RUN-");
     let result: Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
     assert_eq!(result["exit_code"], 42);
     assert!(result["receipt"].is_null());
@@ -237,6 +274,26 @@ fn unwritable_receipt_keeps_the_run_exit_code(user: User) {
         result["receipt_error"]
             .as_str()
             .unwrap()
-            .contains("receipt")
+            .contains("the closing audit record holds the receipt")
     );
+    let restored = sb.root().join(format!("restored-{user:?}.json"));
+    let run_id = result["run_id"].as_str().unwrap();
+    get(&sb, run_id, &[OsStr::new("--out"), restored.as_os_str()]).assert_code(0);
+    let public = sb.state_dir().join("host-key.pem.pub");
+    let checked = verify(&restored, &public, false);
+    checked.assert_code(0);
+    assert!(
+        checked
+            .stdout
+            .starts_with(&format!("OK receipt of {run_id} signed by host key")),
+        "{checked}"
+    );
+    assert!(
+        checked.stdout.contains("outcome    exited, exit code 42,"),
+        "{checked}"
+    );
+    // --out never replaces a file.
+    get(&sb, run_id, &[OsStr::new("--out"), restored.as_os_str()])
+        .assert_code(1)
+        .assert_stderr_has("exists");
 }

@@ -55,7 +55,7 @@ pub enum Command {
     /// Artifacts kept by runs: copy one out of the content-addressed store.
     #[command(subcommand)]
     Artifact(super::calyx_artifact::ArtifactCommand),
-    /// Run receipts: verify one with the host's public key.
+    /// Run receipts: verify one with the host's public key, or get one from the audit log.
     #[command(subcommand)]
     Receipt(super::calyx_receipt::ReceiptCommand),
     /// Probe the host: every isolation layer, available or not, why, and the remedy.

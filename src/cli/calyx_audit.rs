@@ -79,7 +79,8 @@ pub fn run(cmd: AuditCommand) -> u8 {
     }
 }
 
-fn log_path(flag: Option<PathBuf>) -> PathBuf {
+/// The audit log a command reads: `flag`, else the default location for this user.
+pub fn log_path(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(|| {
         let euid = super::effective_uid_from(Path::new("/proc/self/status")).unwrap_or(0);
         crate::paths::default_locations(euid, &|k| std::env::var(k).ok()).audit_log

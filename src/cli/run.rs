@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::json;
 
-use crate::audit::{AuditLog, Durability, RunIds, names};
+use crate::audit::{Appended, AuditLog, Durability, RunIds, names};
 use crate::exit;
 use crate::features;
 use crate::lease::model::Lease;
@@ -436,15 +436,18 @@ fn run_planned(
             return fail(result, audit, e);
         }
     };
-    if let Err(e) = audit.append(
+    let verified = match audit.append(
         names::LEASE_VERIFIED,
         ids,
         json!({"argv": plan.argv, "profile": plan.profile, "rule": plan.rule_index}),
         Durability::Buffered,
     ) {
-        remove_unused(watched.as_ref());
-        return fail(result, audit, e.to_string());
-    }
+        Ok(a) => a,
+        Err(e) => {
+            remove_unused(watched.as_ref());
+            return fail(result, audit, e.to_string());
+        }
+    };
     crate::timeline::mark("init context built, VERIFIED buffered");
     let timeout = Duration::from_millis(plan.timeout_ms);
     let mut hooks = Hooks {
@@ -454,6 +457,7 @@ fn run_planned(
         enforcement: &enforcement,
         exe_job,
         lease_use: &mut lease_use,
+        opening: verified,
     };
     let mut teardown = parent::Teardown::default();
     // Artifacts are copied out of the write grants once every process of the run is gone;
@@ -474,6 +478,7 @@ fn run_planned(
         &mut teardown,
     );
     let exe_job = hooks.exe_job.take();
+    let opening = hooks.opening.clone();
     // A use the ledger refused stopped the run before its payload: a lease refusal (77).
     if let Some(refusal) = lease_use.refusal() {
         report.outcome = Outcome::Rejected;
@@ -531,9 +536,19 @@ fn run_planned(
     if let Some(h) = &report.halt {
         fields["halt"] = json!(h);
     }
-    // The closing record is written, then three things happen at once, each with its own
-    // sync, which the file system can commit together: the record's fdatasync, the receipt
-    // (bound to the record's hash, known once it is written), and the ledger's last outcome.
+    // The receipt is signed first and travels in the closing record: the record's one
+    // fdatasync makes both durable. Then three things happen at once: that sync, the ledger's
+    // last outcome, and the receipt's copy in STATE_DIR/receipts (not synced; see
+    // receipt::write_copy).
+    let signed = receipt.and_then(|r| {
+        let executable = exe_job.map(crate::receipt::ExeDigestJob::finish);
+        let env = run_outputs::sign_receipt(r, plan, executable, result, &opening);
+        crate::timeline::mark("receipt signed");
+        env
+    });
+    if let Some(env) = &signed {
+        fields[crate::receipt::AUDIT_FIELD] = json!(env);
+    }
     let written = audit.append(name, ids, fields, Durability::Buffered);
     let outcome = serde_json::to_value(report.outcome).unwrap_or_default();
     let (closing, ledger_end) = std::thread::scope(|scope| {
@@ -542,11 +557,17 @@ fn run_planned(
             // Not synced: the FINISHED record is the durable account of the run.
             lease_use.finish(outcome.as_str().unwrap_or("unknown"), report.exit_code)
         });
-        if let Some(r) = receipt {
-            let executable = exe_job.map(crate::receipt::ExeDigestJob::finish);
-            let closing = written.as_ref().ok().cloned();
-            run_outputs::write_receipt(r, plan, executable, result, closing);
-            crate::timeline::mark("receipt signed and written");
+        match (receipt, &signed, &written) {
+            (Some(r), Some(env), Ok(_)) => {
+                run_outputs::write_receipt_copy(r, result, env);
+                crate::timeline::mark("receipt copy written");
+            }
+            (Some(_), Some(_), Err(_)) => {
+                let msg = "receipt not written: the closing audit record could not be written";
+                eprintln!("calyx-run: {msg}");
+                result.receipt_error = Some(msg.to_owned());
+            }
+            _ => {}
         }
         let synced = match syncing.map(|h| h.join()) {
             None => written.map(drop).map_err(|e| e.to_string()),
@@ -563,8 +584,8 @@ fn run_planned(
         Ok(()) => crate::timeline::mark("closing record synced"),
         Err(e) => {
             eprintln!("calyx-run: {e}");
-            // A receipt must bind a record that is on disk: one written beside a sync that
-            // failed is withdrawn.
+            // A receipt exists only where its closing record is on disk: the copy written
+            // beside a sync that failed is withdrawn.
             if let Some(path) = result.receipt.take() {
                 let _ = std::fs::remove_file(&path);
                 result.receipt_error = Some(format!(
@@ -591,6 +612,9 @@ struct Hooks<'a> {
     /// The executable digest, hashed on a thread from here on (see receipt::exe).
     exe_job: Option<crate::receipt::ExeDigestJob>,
     lease_use: &'a mut RunUse,
+    /// The run's opening audit line, which its receipt points at: VERIFIED, then STARTED once
+    /// that is written.
+    opening: Appended,
 }
 
 impl parent::RunHooks for Hooks<'_> {
@@ -628,12 +652,17 @@ impl parent::RunHooks for Hooks<'_> {
                     json!({"argv": plan.argv, "profile": plan.profile, "enforcement": enforcement}),
                     Durability::Synced,
                 )
-                .map(|_| crate::timeline::mark("STARTED synced"))
+                .inspect(|_| crate::timeline::mark("STARTED synced"))
                 .map_err(|e| e.to_string())
         });
+        let started =
+            started.unwrap_or_else(|| Err("exec_event.STARTED was not written".to_owned()));
+        if let Ok(a) = &started {
+            self.opening = a.clone();
+        }
         taken.map_err(|stop: UseStop| stop.to_string())?;
         crate::timeline::mark("lease use taken (ledger synced)");
-        started.unwrap_or_else(|| Err("exec_event.STARTED was not written".to_owned()))
+        started.map(drop)
     }
 
     fn sentinel_event(&mut self, event: &SentinelEvent) {

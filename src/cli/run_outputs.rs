@@ -1,5 +1,6 @@
 //! What calyx-run keeps after the payload: the artifacts (stage 15 of SPEC §4.1, after the
-//! cgroup is gone and before the closing audit record) and the signed receipt (after it).
+//! cgroup is gone and before the closing audit record) and the signed receipt (carried by that
+//! record, and copied to a file once it is written).
 //! The logic lives in `crate::artifact` and `crate::receipt`; this is the glue to the audit
 //! log, stderr and the machine result.
 
@@ -11,6 +12,7 @@ use serde_json::json;
 use crate::artifact::collect::{self, Collected};
 use crate::artifact::store::Store;
 use crate::audit::{Appended, AuditLog, Durability, RunIds, names};
+use crate::lease::envelope::Envelope;
 use crate::plan::Plan;
 use crate::receipt::hostkey::{self, HostKeySource};
 use crate::receipt::{self, AuditRef, Executable, Receipt, ReceiptArtifact};
@@ -118,29 +120,25 @@ fn report_on_stderr(c: &Collected, store: &Path) {
     }
 }
 
-/// Signs and writes the receipt of a finished run, binding the closing audit line, and
-/// records its path (or why there is none) on stderr and in the result. A failure here does
-/// not change the exit code: the payload ran and its result stands; `receipt_error` in the
-/// result and the message on stderr say the receipt is missing.
-pub fn write_receipt(
+/// Signs the receipt of a finished run, pointing at the run's opening audit line (`opening`).
+/// Returns the envelope, which the closing audit record carries and [`write_receipt_copy`]
+/// writes out once that record is written; None, with the reason on stderr and in the
+/// result, when there is no host key or signing fails. A missing receipt never changes the
+/// exit code: the payload ran and its result stands; `receipt_error` in the result and the
+/// message on stderr say the receipt is missing.
+pub fn sign_receipt(
     inputs: &ReceiptInputs,
     plan: &Plan,
     executable: Option<Executable>,
     result: &mut RunResult,
-    closing: Option<Appended>,
-) {
+    opening: &Appended,
+) -> Option<Envelope> {
     let key = match &inputs.key {
         Ok(k) => k,
         Err(why) => {
             result.receipt_error = Some(format!("receipt not written: {why}"));
-            return;
+            return None;
         }
-    };
-    let Some(closing) = closing else {
-        let msg = "receipt not written: the closing audit record could not be written".to_owned();
-        eprintln!("calyx-run: {msg}");
-        result.receipt_error = Some(msg);
-        return;
     };
     let receipt = Receipt {
         version: receipt::RECEIPT_VERSION,
@@ -182,17 +180,36 @@ pub fn write_receipt(
             })
             .collect(),
         audit: AuditRef {
-            seq: closing.seq,
-            hash: closing.hash,
+            seq: opening.seq,
+            hash: opening.hash.clone(),
         },
     };
-    match receipt::write(&inputs.state_dir, &receipt, key) {
+    match receipt::sign_envelope(&receipt, key) {
+        Ok(env) => Some(env),
+        Err(e) => {
+            eprintln!("calyx-run: receipt not written: {e}; the run's exit code is unchanged");
+            result.receipt_error = Some(e.to_string());
+            None
+        }
+    }
+}
+
+/// Writes the copy of a signed receipt to `STATE_DIR/receipts/<run id>.json` once the closing
+/// record carrying it is written, and records its path (or why there is none) on stderr and
+/// in the result.
+pub fn write_receipt_copy(inputs: &ReceiptInputs, result: &mut RunResult, env: &Envelope) {
+    match receipt::write_copy(&inputs.state_dir, &result.run_id, &env.to_json_pretty()) {
         // Silent on success, like the rest of a good run: the path is in the JSON result
         // (`receipt`) and is always STATE_DIR/receipts/<run id>.json.
         Ok(path) => result.receipt = Some(path),
         Err(e) => {
-            eprintln!("calyx-run: receipt not written: {e}; the run's exit code is unchanged");
-            result.receipt_error = Some(e.to_string());
+            let msg = format!(
+                "receipt file not written: {e}; the closing audit record holds the receipt \
+                 (`calyx receipt get {}`)",
+                result.run_id
+            );
+            eprintln!("calyx-run: {msg}; the run's exit code is unchanged");
+            result.receipt_error = Some(msg);
         }
     }
 }
