@@ -264,27 +264,6 @@ pub fn run(
     // Only now: a thread started before the maps are written competes with writing them,
     // and init can do nothing until it has them.
     hooks.cloned();
-    // Stage 7: the sentinel thread, now that the clone is done (threads before a fork-style
-    // clone would leave the child with locks held by threads it does not have).
-    let (tx, rx) = mpsc::channel();
-    let sentinel = match watched {
-        None => None,
-        Some(w) => {
-            let config = WatchConfig {
-                kill_pid: Some(pid as u32),
-                ..w.config
-            };
-            match watch::start(w.cgroup, config, tx) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    kill_init();
-                    let _ = sproc::wait4(pid, false);
-                    return fail(report, format!("starting the sentinel: {e}"));
-                }
-            }
-        }
-    };
-    crate::timeline::mark("sentinel started");
     // The ENOSYS fallback: init joins the v2 cgroup while STARTED is synced, and before
     // Start lets it fork the payload, so nothing the payload runs escapes accounting. Moving
     // another process waits for an RCU grace period (milliseconds); overlapping it with the
@@ -304,6 +283,31 @@ pub fn run(
     });
     let ready = released
         .and_then(|()| placed.map_err(|e| format!("placing init in the run's cgroup: {e}")));
+    // Stage 7: the sentinel thread, once the use is granted and STARTED is on disk, while init
+    // finishes its setup, and before Start: the payload never runs unwatched. Started right
+    // after the maps, as before, it competed with init and the ledger's open for this
+    // machine's two cores, in the stretch where init's setup is the whole start-up. (Threads
+    // only after the clone: before a fork-style clone they would leave the child with locks
+    // held by threads it does not have.)
+    let (tx, rx) = mpsc::channel();
+    let sentinel = match watched.filter(|_| ready.is_ok()) {
+        None => None,
+        Some(w) => {
+            let config = WatchConfig {
+                kill_pid: Some(pid as u32),
+                ..w.config
+            };
+            match watch::start(w.cgroup, config, tx) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    kill_init();
+                    let _ = sproc::wait4(pid, false);
+                    return fail(report, format!("starting the sentinel: {e}"));
+                }
+            }
+        }
+    };
+    crate::timeline::mark("sentinel started");
     match ready {
         Ok(()) => match parent_end.send(Msg::Start) {
             Ok(()) => {
