@@ -296,6 +296,35 @@ fn fork_bomb_contained_by_pids_max_and_killed() {
 }
 
 #[test]
+fn finish_takes_the_last_reading_on_the_caller_and_ends_the_watcher() {
+    // What calyx-run does at the payload's exit: the caller reads the usage itself while the
+    // watcher ends, and the usage still covers the whole run.
+    let scratch = Scratch::new("finish");
+    let limits = LimitSpec {
+        memory_max: Some(256 * MIB),
+        ..LimitSpec::default()
+    };
+    let mut run = Run::create(&scratch.layout, "finish", &limits);
+    let payload =
+        "import sys\nsys.stdin.readline()\na = b'\\x01' * (24 << 20)\nn = sum(range(3000000))\n";
+    run.spawn_placed(&["python3", "-c", payload]);
+    let (tx, _rx) = mpsc::channel();
+    let config = WatchConfig {
+        monitor_interval: None,
+        ..WatchConfig::default()
+    };
+    let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
+    run.release();
+    let status = run.wait(0, Duration::from_secs(20)).expect("payload ended");
+    assert!(status.success(), "{status:?}");
+    let usage = sentinel.finish();
+    eprintln!("usage {usage:?}");
+    assert!(usage.memory_peak.unwrap() >= 24 * MIB, "{usage:?}");
+    assert!(usage.pids_peak.unwrap() >= 1, "{usage:?}");
+    assert!(usage.cpu_usec.unwrap() > 0, "{usage:?}");
+}
+
+#[test]
 fn stale_cgroup_of_a_killed_runner_is_cleaned_up() {
     let scratch = Scratch::new("stale");
     // A runner SIGKILLed mid-run never calls remove(): simulate by forgetting the handle.

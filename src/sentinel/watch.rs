@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -195,11 +195,16 @@ impl Usage {
     }
 }
 
-/// A running watcher. Stop it with [`Sentinel::stop`] before removing the cgroup.
+/// A running watcher. Stop it with [`Sentinel::stop`] or [`Sentinel::finish`] before removing
+/// the cgroup.
 #[derive(Debug)]
 pub struct Sentinel {
     stop: UnixStream,
     thread: JoinHandle<Usage>,
+    /// Where the run's statistics are, for a last reading taken by [`Sentinel::finish`].
+    source: StatSource,
+    /// Set by [`Sentinel::finish`]: the caller takes the last reading, the watcher does not.
+    reading_here: Arc<AtomicBool>,
 }
 
 impl Sentinel {
@@ -209,7 +214,23 @@ impl Sentinel {
         let _ = (&self.stop).write_all(b"x");
     }
 
-    /// Stop the watcher promptly and return the run's usage.
+    /// Stop the watcher and return the run's usage, the last reading taken on the calling
+    /// thread while the watcher ends. On the way from the payload's exit to the closing
+    /// record this saves the hand-off through the watcher's thread (waking it, then being
+    /// woken by its end), each wake-up from one of this machine's vCPUs to the other costing
+    /// about 30 µs.
+    pub fn finish(self) -> Usage {
+        self.reading_here.store(true, Ordering::Release);
+        let _ = (&self.stop).write_all(b"x");
+        let last = self.source.read_usage();
+        let mut usage = self.thread.join().unwrap_or_default();
+        if let Ok(s) = last {
+            usage.update(&s);
+        }
+        usage
+    }
+
+    /// Stop the watcher promptly and return the run's usage (its last reading included).
     pub fn stop(self) -> Usage {
         // The thread may already have ended; a closed peer is fine.
         let _ = (&self.stop).write_all(b"x");
@@ -263,20 +284,39 @@ pub fn start(
     tx: Sender<SentinelEvent>,
 ) -> Result<Sentinel, SentinelError> {
     let source = StatSource::of(&cgroup);
+    let reading_here = Arc::new(AtomicBool::new(false));
     let (stop, stop_peer) = UnixStream::pair().map_err(|source| SentinelError::Setup {
         op: "socketpair",
         path: PathBuf::new(),
         source,
     })?;
+    let (watched, skip) = (source.clone(), Arc::clone(&reading_here));
     let thread = std::thread::Builder::new()
         .name("calyx:sentinel".into())
-        .spawn(move || watch_loop(&cgroup, &source, &config, &tx, &stop_peer))
+        .spawn(move || {
+            let usage = watch_loop(&cgroup, &watched, &config, &tx, &stop_peer);
+            // A last reading so usage includes the final moments of the run, unless the
+            // caller takes it (usage figures only: it is on the way to the closing record).
+            if skip.load(Ordering::Acquire) {
+                return usage;
+            }
+            let mut usage = usage;
+            if let Ok(s) = watched.read_usage() {
+                usage.update(&s);
+            }
+            usage
+        })
         .map_err(|source| SentinelError::Setup {
             op: "spawn",
             path: PathBuf::new(),
             source,
         })?;
-    Ok(Sentinel { stop, thread })
+    Ok(Sentinel {
+        stop,
+        thread,
+        source,
+        reading_here,
+    })
 }
 
 /// How long a run lives before the sentinel sets up inotify and the PSI trigger.
@@ -502,11 +542,6 @@ fn watch_loop(
             });
             next_monitor = config.monitor_interval.map(|i| m + i);
         }
-    }
-    // A last reading so usage includes the final moments of the run (usage figures only:
-    // it is on the way to the closing record).
-    if let Ok(s) = source.read_usage() {
-        usage.update(&s);
     }
     usage
 }

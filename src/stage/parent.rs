@@ -427,13 +427,14 @@ pub fn run(
                     crate::timeline::mark("payload exited");
                     payload_status = Some(status);
                     payload_usage = Some(usage);
-                    // The payload is reaped: its usage is final, and the sentinel's last
-                    // reading can run while init's namespaces are torn down.
-                    if let Some(s) = &sentinel {
-                        s.request_stop();
-                    }
+                    // The payload is reaped: its usage is final. Closing now, this thread
+                    // takes the last reading below; otherwise the sentinel takes it while
+                    // init's namespaces are torn down.
                     if close == Close::AtPayloadExit {
                         break;
+                    }
+                    if let Some(s) = &sentinel {
+                        s.request_stop();
                     }
                 }
                 Ok(Some(Msg::Go | Msg::Start)) | Err(_) | Ok(None) => channel_open = false,
@@ -488,7 +489,7 @@ pub fn run(
     }
     // Stage 15: stop the sentinel (its last reading completes the usage) and record what it
     // saw last; `cleanup` then kills whatever is left and removes the cgroup.
-    let cg_usage = sentinel.map(watch::Sentinel::stop);
+    let cg_usage = sentinel.map(|s| if early { s.finish() } else { s.stop() });
     crate::timeline::mark("sentinel stopped (last reading)");
     while let Ok(ev) = rx.try_recv() {
         halted |= note_event(&mut report, &ev);
