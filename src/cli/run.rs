@@ -537,9 +537,9 @@ fn run_planned(
         fields["halt"] = json!(h);
     }
     // The receipt is signed first and travels in the closing record: the record's one
-    // fdatasync makes both durable. Then three things happen at once: that sync, the ledger's
-    // last outcome, and the receipt's copy in STATE_DIR/receipts (not synced; see
-    // receipt::write_copy).
+    // fdatasync makes both durable. Then that sync runs on this thread while one other writes
+    // the receipt's copy in STATE_DIR/receipts (not synced; see receipt::write_copy) and the
+    // ledger's last outcome.
     let signed = receipt.and_then(|r| {
         let executable = exe_job.map(crate::receipt::ExeDigestJob::finish);
         let env = run_outputs::sign_receipt(r, plan, executable, result, &opening);
@@ -552,29 +552,29 @@ fn run_planned(
     let written = audit.append(name, ids, fields, Durability::Buffered);
     let outcome = serde_json::to_value(report.outcome).unwrap_or_default();
     let (closing, ledger_end) = std::thread::scope(|scope| {
-        let syncing = written.is_ok().then(|| scope.spawn(|| audit.sync()));
-        let finishing = scope.spawn(|| {
+        let beside = scope.spawn(|| {
+            match (receipt, &signed, &written) {
+                (Some(r), Some(env), Ok(_)) => {
+                    run_outputs::write_receipt_copy(r, result, env);
+                    crate::timeline::mark("receipt copy written");
+                }
+                (Some(_), Some(_), Err(_)) => {
+                    let msg = "receipt not written: the closing audit record could not be written";
+                    eprintln!("calyx-run: {msg}");
+                    result.receipt_error = Some(msg.to_owned());
+                }
+                _ => {}
+            }
             // Not synced: the FINISHED record is the durable account of the run.
             lease_use.finish(outcome.as_str().unwrap_or("unknown"), report.exit_code)
         });
-        match (receipt, &signed, &written) {
-            (Some(r), Some(env), Ok(_)) => {
-                run_outputs::write_receipt_copy(r, result, env);
-                crate::timeline::mark("receipt copy written");
-            }
-            (Some(_), Some(_), Err(_)) => {
-                let msg = "receipt not written: the closing audit record could not be written";
-                eprintln!("calyx-run: {msg}");
-                result.receipt_error = Some(msg.to_owned());
-            }
-            _ => {}
-        }
-        let synced = match syncing.map(|h| h.join()) {
-            None => written.map(drop).map_err(|e| e.to_string()),
-            Some(Ok(r)) => r.map_err(|e| e.to_string()),
-            Some(Err(_)) => Err("the thread syncing the audit log died".to_owned()),
+        // The sync on this thread, at once: it ends the run, and waiting here for a thread
+        // that does it would add a wake-up from one vCPU to the other.
+        let synced = match &written {
+            Ok(_) => audit.sync().map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        let ledger_end = match finishing.join() {
+        let ledger_end = match beside.join() {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("the thread recording the run's end in the ledger died".to_owned()),
         };
