@@ -46,7 +46,7 @@ use std::path::PathBuf;
 pub use detect::{CgroupMode, Hierarchy, Layout};
 pub use limits::{DevNum, IoLimit, LimitSpec};
 pub use run::{CreateOptions, FreezeMethod, Gap, KillMethod, RunCgroup};
-pub use stale::{StaleReport, cleanup_stale};
+pub use stale::{StaleReport, cleanup_stale, may_hold_stale};
 pub use v2::InternalProcessPolicy;
 
 /// Remedy printed when cgroup v2 is not delegated to an unprivileged caller.

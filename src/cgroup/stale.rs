@@ -76,6 +76,34 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     rmdir_retry(dir)
 }
 
+/// The parents [`cleanup_stale`] lists: the v2 one and the v1 hierarchies calyx creates in.
+fn swept_parents(layout: &Layout) -> impl Iterator<Item = &PathBuf> {
+    let used_v1 = layout
+        .v1
+        .iter()
+        .filter(|h| V1_USED.iter().any(|c| h.has(c)))
+        .map(|h| &h.dir);
+    layout.v2.iter().chain(used_v1)
+}
+
+/// False when no parent of `layout` can hold a leftover: each has no subdirectory but
+/// `own`'s. A directory's link count is 2 plus its subdirectories on cgroupfs (as on ext4
+/// and tmpfs), so one `stat` per parent answers what listing it would. A count under 2 (a
+/// file system that does not keep it) or a failing `stat` answers true: then list.
+pub fn may_hold_stale(layout: &Layout, own: Option<&str>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    swept_parents(layout).any(|parent| {
+        let Ok(meta) = std::fs::metadata(parent) else {
+            return true;
+        };
+        if meta.nlink() < 2 {
+            return true;
+        }
+        let own_here = own.is_some_and(|o| parent.join(o).is_dir());
+        meta.nlink() - 2 > u64::from(own_here)
+    })
+}
+
 /// Remove leftover `calyx-*` cgroups in every parent of `layout` whose processes are gone
 /// (a runner SIGKILLed mid-run leaves one; the next run cleans it). Cgroups younger than
 /// `min_age` are left alone, so a concurrent run's fresh cgroup is never taken, and so is
@@ -88,12 +116,7 @@ pub fn cleanup_stale(
     own: Option<&str>,
 ) -> Result<StaleReport, CgroupError> {
     let mut report = StaleReport::default();
-    let used_v1 = layout
-        .v1
-        .iter()
-        .filter(|h| V1_USED.iter().any(|c| h.has(c)))
-        .map(|h| &h.dir);
-    for parent in layout.v2.iter().chain(used_v1) {
+    for parent in swept_parents(layout) {
         for dir in subdirs(parent)? {
             let name = dir.file_name().and_then(|n| n.to_str());
             let ours = name.is_some_and(|n| n.starts_with(NAME_PREFIX));
@@ -122,8 +145,57 @@ pub fn cleanup_stale(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_parent_with_another_subdirectory_may_hold_a_leftover() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = |p: &str| {
+            let d = tmp.path().join(p);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        let layout = Layout {
+            root: tmp.path().to_owned(),
+            mode: super::super::CgroupMode::Hybrid,
+            v2: Some(dir("unified")),
+            v1: vec![
+                super::super::Hierarchy {
+                    controllers: vec!["memory".into()],
+                    dir: dir("memory"),
+                },
+                // Never created in: not listed, so not looked at either.
+                super::super::Hierarchy {
+                    controllers: vec!["devices".into()],
+                    dir: dir("devices"),
+                },
+            ],
+        };
+        let own = "calyx-RUN-own";
+        assert!(!may_hold_stale(&layout, Some(own)));
+        // The run's own cgroup alone (in one parent or both) is nothing to sweep.
+        dir("unified/calyx-RUN-own");
+        assert!(!may_hold_stale(&layout, Some(own)));
+        dir("memory/calyx-RUN-own");
+        assert!(!may_hold_stale(&layout, Some(own)));
+        // Unless the caller has no cgroup of its own to discount.
+        assert!(may_hold_stale(&layout, None));
+        // Any other subdirectory, of calyx or not, is listed.
+        dir("devices/calyx-RUN-other");
+        assert!(!may_hold_stale(&layout, Some(own)));
+        dir("memory/calyx-RUN-other");
+        assert!(may_hold_stale(&layout, Some(own)));
+        std::fs::remove_dir(tmp.path().join("memory/calyx-RUN-other")).unwrap();
+        dir("unified/system.slice");
+        assert!(may_hold_stale(&layout, Some(own)));
+        // A parent that cannot be read is listed (and the listing says why it fails).
+        std::fs::remove_dir(tmp.path().join("unified/system.slice")).unwrap();
+        std::fs::remove_dir(tmp.path().join("unified/calyx-RUN-own")).unwrap();
+        std::fs::remove_dir(tmp.path().join("unified")).unwrap();
+        assert!(may_hold_stale(&layout, Some(own)));
+    }
 
     #[test]
     fn stale_verdict_table() {
