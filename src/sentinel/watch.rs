@@ -294,15 +294,13 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("calyx:sentinel".into())
         .spawn(move || {
-            let usage = watch_loop(&cgroup, &watched, &config, &tx, &stop_peer);
+            let mut usage = watch_loop(&cgroup, &watched, &config, &tx, &stop_peer);
             // A last reading so usage includes the final moments of the run, unless the
             // caller takes it (usage figures only: it is on the way to the closing record).
-            if skip.load(Ordering::Acquire) {
-                return usage;
-            }
-            let mut usage = usage;
-            if let Ok(s) = watched.read_usage() {
-                usage.update(&s);
+            if !skip.load(Ordering::Acquire) {
+                if let Ok(s) = watched.read_usage() {
+                    usage.update(&s);
+                }
             }
             usage
         })
