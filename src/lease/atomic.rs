@@ -8,9 +8,25 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Whether [`replace`] waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flush {
+    /// The file and the rename are synced: the new file survives a crash.
+    Durable,
+    /// Neither is: readers still never see a torn file, but after a power loss it may be
+    /// missing or torn. For copies of what is kept durably elsewhere.
+    PageCache,
+}
+
 /// Writes `contents` to `path` via a temporary file created with `mode` (so the final file
-/// never has wider permissions, even briefly) and a rename in the same directory.
+/// never has wider permissions, even briefly), an fsync and a rename in the same directory,
+/// itself synced.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, contents, mode, Flush::Durable)
+}
+
+/// [`write_atomic`], with the syncs as `flush` says.
+pub(crate) fn replace(path: &Path, contents: &[u8], mode: u32, flush: Flush) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -31,10 +47,15 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Resul
             .mode(mode)
             .open(&tmp)?;
         file.write_all(contents)?;
-        file.sync_all()?;
+        if flush == Flush::Durable {
+            file.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        // Persist the rename itself: the directory entry lives in the directory's data.
-        File::open(&dir)?.sync_all()
+        if flush == Flush::Durable {
+            // Persist the rename itself: the directory entry lives in the directory's data.
+            File::open(&dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         // Best effort: the temporary may not exist if creating it was what failed.

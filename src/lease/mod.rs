@@ -39,3 +39,13 @@ pub fn write_file_atomic(
 ) -> std::io::Result<()> {
     atomic::write_atomic(path, contents, mode)
 }
+
+/// [`write_file_atomic`] without its syncs: readers never see a torn file, but after a power
+/// loss it may be missing or torn. For copies of what is kept durably elsewhere.
+pub fn write_file_unsynced(
+    path: &std::path::Path,
+    contents: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    atomic::replace(path, contents, mode, atomic::Flush::PageCache)
+}
