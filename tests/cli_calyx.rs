@@ -14,8 +14,11 @@ struct Run {
 fn calyx_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_calyx"));
     cmd.current_dir(dir).args(args).env_remove("CALYX_TRUST");
-    // A fixed HOME keeps the default policy location away from the real user's.
+    // A fixed HOME keeps the default policy location away from the real user's, and the
+    // state directory (whose ledger `lease verify` reads) away from the host's.
     cmd.env("HOME", dir).env_remove("XDG_CONFIG_HOME");
+    cmd.env("CALYX_STATE_DIR", dir.join("state"))
+        .env_remove("CALYX_AUDIT_LOG");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -155,6 +158,11 @@ fn keygen_trust_issue_cosign_verify() {
     .unwrap();
     assert_eq!(json["ok"], true);
     assert_eq!(json["signers"][1]["role"], "agent");
+    // No ledger in the state directory: no use taken, and verifying creates none.
+    assert_eq!(json["uses"]["used"], 0);
+    assert_eq!(json["uses"]["max"], 1);
+    assert!(r.stdout.contains("; 0 of 1 use(s) taken"), "{}", r.stdout);
+    assert!(!f.path("state").exists());
 }
 
 #[test]

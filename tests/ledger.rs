@@ -106,6 +106,21 @@ impl Scene {
             .count()
     }
 
+    /// `calyx lease verify LEASE --trust TRUST --state-dir STATE` as `user`.
+    fn verify(&self, user: User, lease: &Path) -> Outcome {
+        let trust = self.sb.trust().to_str().unwrap().to_owned();
+        self.calyx(
+            user,
+            &[
+                "lease",
+                "verify",
+                lease.to_str().unwrap(),
+                "--trust",
+                &trust,
+            ],
+        )
+    }
+
     /// `calyx ARGS… --state-dir STATE` as `user`.
     fn calyx(&self, user: User, args: &[&str]) -> Outcome {
         let mut argv = user.prefix();
@@ -155,6 +170,10 @@ fn concurrent(user: User, max: u32, n: usize) {
     let rows: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
     assert_eq!(rows[0]["used"], max, "{rows}");
     assert_eq!(rows[0]["uses_left"], 0, "{rows}");
+    // Not valid now: every use is spent.
+    s.verify(user, &lease)
+        .assert_code(77)
+        .assert_stderr_has(&format!("used {max} of {max} time(s)"));
 }
 
 fn fifty_concurrent_runs_of_a_single_use_lease(user: User) {
@@ -169,6 +188,7 @@ fn revoked_lease_is_refused_with_the_reason(user: User) {
     let mut s = Scene::new(5);
     let lease = s.sb.prepared_lease();
     s.run(user, &lease).assert_code(0);
+    s.verify(user, &lease).assert_code(0);
     // Revoked through its file by the same user who runs it.
     let lease_s = lease.to_str().unwrap().to_owned();
     let out = s.calyx(
@@ -188,6 +208,11 @@ fn revoked_lease_is_refused_with_the_reason(user: User) {
         .assert_stderr_has("revoked at")
         .assert_stderr_has("cosigner key leaked");
     assert_eq!(s.ran(), 1, "the revoked lease ran again: {out}");
+    // `calyx lease verify` says so as well: the lease is not valid now.
+    let out = s.verify(user, &lease);
+    out.assert_code(77)
+        .assert_stderr_has("refused by the ledger")
+        .assert_stderr_has("cosigner key leaked");
     let audit = s.sb.audit_text();
     assert!(
         audit
@@ -250,6 +275,12 @@ fn list_shows_uses_left_and_last_outcome(user: User) {
     assert_eq!(row["last_exit_code"], 0);
     assert!(row["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')));
     assert_eq!(row["revoked"], serde_json::Value::Null);
+    let verified = s.verify(user, &lease);
+    verified.assert_code(0);
+    assert!(
+        verified.stdout.contains("; 2 of 3 use(s) taken"),
+        "{verified}"
+    );
     let text = s.calyx(user, &["lease", "list"]);
     text.assert_code(0);
     let line = text.stdout.lines().find(|l| l.starts_with(&id)).unwrap();

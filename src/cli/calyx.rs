@@ -129,13 +129,17 @@ pub enum LeaseCommand {
         #[arg(long, value_name = "KEY")]
         key: PathBuf,
     },
-    /// Verify a lease now: exit 0 when valid, 77 with the reason when not.
+    /// Verify a lease now: exit 0 when valid, 77 with the reason when not (signatures, trust,
+    /// expiry, host; and the ledger: revoked, or every use spent).
     Verify {
         /// The lease file.
         file: PathBuf,
         /// Trust policy (default: $CALYX_TRUST, /etc/calyx/trust.toml for root, else XDG).
         #[arg(long, value_name = "POLICY")]
         trust: Option<PathBuf>,
+        /// State directory holding the ledger (default as for calyx-run; CALYX_STATE_DIR).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
         /// Print a JSON result on stdout.
         #[arg(long)]
         json: bool,
@@ -175,6 +179,9 @@ pub enum CliError {
     /// The lease ledger (revoke, list).
     #[error(transparent)]
     Ledger(#[from] LedgerCliError),
+    /// The ledger refuses the lease's next use (revoked, or every use spent).
+    #[error("refused by the ledger: {0}")]
+    Refused(crate::ledger::Refusal),
     /// Writing a file.
     #[error("{op} {path}: {source}")]
     Io {
@@ -209,6 +216,7 @@ impl CliError {
             CliError::Io { .. } | CliError::Exists { .. } => 1,
             CliError::NoUid => exit::BAD_CONFIG,
             CliError::Ledger(e) => e.exit_code(),
+            CliError::Refused(_) => exit::REFUSED,
         }
     }
 }
@@ -248,9 +256,12 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         }) => trust_add(&policy, &public, &id, role),
         Command::Lease(LeaseCommand::Issue(args)) => lease_issue(&args),
         Command::Lease(LeaseCommand::Sign { file, key }) => lease_sign(&file, &key),
-        Command::Lease(LeaseCommand::Verify { file, trust, json }) => {
-            lease_verify(&file, trust, json)
-        }
+        Command::Lease(LeaseCommand::Verify {
+            file,
+            trust,
+            state_dir,
+            json,
+        }) => lease_verify(&file, trust, state_dir.as_deref(), json),
         Command::Lease(LeaseCommand::Show { file, trust, json }) => lease_show(&file, trust, json),
         Command::Lease(LeaseCommand::Revoke(args)) => Ok(calyx_ledger::revoke(&args)?),
         Command::Lease(LeaseCommand::List(args)) => Ok(calyx_ledger::list(&args)?),
@@ -413,10 +424,24 @@ fn lease_sign(file: &Path, key: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-fn lease_verify(file: &Path, trust: Option<PathBuf>, json: bool) -> Result<(), CliError> {
-    let outcome = verify_now(file, trust);
+fn lease_verify(
+    file: &Path,
+    trust: Option<PathBuf>,
+    state_dir: Option<&Path>,
+    json: bool,
+) -> Result<(), CliError> {
+    // Valid now means calyx-run would run it now: the ledger is asked once the signatures
+    // hold (a forged file must not even reach the ledger's lookup).
+    let outcome = verify_now(file, trust).and_then(|v| {
+        let standing =
+            calyx_ledger::standing(state_dir, &crate::ledger::LeaseRecord::of(&v.lease))?;
+        match standing.refusal {
+            Some(r) => Err(CliError::Refused(r)),
+            None => Ok((v, standing)),
+        }
+    });
     match (&outcome, json) {
-        (Ok(v), false) => {
+        (Ok((v, standing)), false) => {
             let signers: Vec<String> = v
                 .signers
                 .iter()
@@ -426,14 +451,16 @@ fn lease_verify(file: &Path, trust: Option<PathBuf>, json: bool) -> Result<(), C
                 u64::try_from((v.lease.expires_at - OffsetDateTime::now_utc()).whole_seconds())
                     .unwrap_or(0);
             println!(
-                "OK {} for intent {}: signed by {}; expires in {}",
+                "OK {} for intent {}: signed by {}; expires in {}; {} of {} use(s) taken",
                 v.lease.lease_id,
                 v.lease.intent_id,
                 signers.join(", "),
-                format_duration_secs(left)
+                format_duration_secs(left),
+                standing.used,
+                standing.max
             );
         }
-        (Ok(v), true) => {
+        (Ok((v, standing)), true) => {
             let signers: Vec<serde_json::Value> = v
                 .signers
                 .iter()
@@ -448,6 +475,7 @@ fn lease_verify(file: &Path, trust: Option<PathBuf>, json: bool) -> Result<(), C
                     "payload_sha256": v.payload_sha256,
                     "signers": signers,
                     "expires_at": v.lease.expires_at.format(&time::format_description::well_known::Rfc3339).ok(),
+                    "uses": {"used": standing.used, "max": standing.max},
                 })
             );
         }

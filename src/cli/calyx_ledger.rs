@@ -18,7 +18,9 @@ use crate::exit;
 use crate::lease::envelope::Envelope;
 use crate::lease::model::LEASE_PAYLOAD_TYPE;
 use crate::lease::verify::{self, VerifyError};
-use crate::ledger::{LeaseRecord, LeaseStatus, Ledger, LedgerError, Revoked, SqliteLedger};
+use crate::ledger::{
+    LeaseRecord, LeaseStatus, Ledger, LedgerError, Refusal, Revoked, SqliteLedger, UseState,
+};
 use crate::paths::Locations;
 
 /// `calyx lease revoke`.
@@ -179,6 +181,46 @@ pub fn list(args: &ListArgs) -> Result<(), LedgerCliError> {
         print!("{}", table(&rows));
     }
     Ok(())
+}
+
+/// What the ledger says of a lease's next use, without taking one: uses taken so far and,
+/// when calyx-run would refuse the lease, why (revoked, or every use spent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// Uses taken so far.
+    pub used: u32,
+    /// The lease's `max_uses`.
+    pub max: u32,
+    /// calyx-run's refusal of the next use, if it would refuse.
+    pub refusal: Option<Refusal>,
+}
+
+/// The ledger of `state_dir` (default as for `list`) on `lease`, decided as calyx-run decides a
+/// use ([`crate::ledger::decide`]). A state directory without a ledger has taken no use and
+/// revoked nothing; none is created.
+pub fn standing(state_dir: Option<&Path>, lease: &LeaseRecord) -> Result<Standing, LedgerCliError> {
+    let uid = euid()?;
+    let loc = locations(uid, state_dir, None);
+    let row = match SqliteLedger::open_existing(&loc.state_dir)? {
+        Some(mut ledger) => ledger
+            .list()?
+            .into_iter()
+            .find(|r| r.lease_id == lease.lease_id),
+        None => None,
+    };
+    let state = row.map_or_else(UseState::default, |r| UseState {
+        used: r.used,
+        revoked: r.revoked,
+    });
+    let refusal = match crate::ledger::decide(&lease.lease_id, lease.max_uses, &state) {
+        crate::ledger::Decision::Granted { .. } => None,
+        crate::ledger::Decision::Refused(r) => Some(r),
+    };
+    Ok(Standing {
+        used: state.used,
+        max: lease.max_uses,
+        refusal,
+    })
 }
 
 fn euid() -> Result<u32, LedgerCliError> {

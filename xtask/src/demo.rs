@@ -138,8 +138,17 @@ fn walkthrough(bin: &Path, dir: &Path) -> Result<()> {
     ]))?;
     step(&mut calyx(&["lease", "show", &lease, "--trust", &trust]))?;
 
-    header("anyone verifies it offline");
-    step(&mut calyx(&["lease", "verify", &lease, "--trust", &trust]))?;
+    header("anyone verifies it offline (and the ledger: no use taken yet)");
+    let state = p("state");
+    step(&mut calyx(&[
+        "lease",
+        "verify",
+        &lease,
+        "--trust",
+        &trust,
+        "--state-dir",
+        &state,
+    ]))?;
 
     header("a forged copy (subject changed after signing) is refused");
     let forged = p("forged.json");
@@ -185,7 +194,6 @@ fn walkthrough(bin: &Path, dir: &Path) -> Result<()> {
     )?;
 
     header("the lease runs a command inside the sandbox");
-    let state = p("state");
     let audit = p("audit.jsonl");
     let calyx_run = |argv: &[&str]| {
         let mut c = Command::new(bin.join("calyx-run"));
