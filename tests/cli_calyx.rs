@@ -161,7 +161,12 @@ fn keygen_trust_issue_cosign_verify() {
     // No ledger in the state directory: no use taken, and verifying creates none.
     assert_eq!(json["uses"]["used"], 0);
     assert_eq!(json["uses"]["max"], 1);
-    assert!(r.stdout.contains("; 0 of 1 use(s) taken"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("; 0 of 1 use(s) taken (no ledger in "),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(json["uses"]["ledger"], serde_json::Value::Null);
     assert!(!f.path("state").exists());
 }
 

@@ -278,7 +278,7 @@ fn list_shows_uses_left_and_last_outcome(user: User) {
     let verified = s.verify(user, &lease);
     verified.assert_code(0);
     assert!(
-        verified.stdout.contains("; 2 of 3 use(s) taken"),
+        verified.stdout.contains("; 2 of 3 use(s) taken (ledger "),
         "{verified}"
     );
     let text = s.calyx(user, &["lease", "list"]);

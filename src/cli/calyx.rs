@@ -450,8 +450,13 @@ fn lease_verify(
             let left =
                 u64::try_from((v.lease.expires_at - OffsetDateTime::now_utc()).whole_seconds())
                     .unwrap_or(0);
+            // The count is this host's (or this state directory's): say whose.
+            let whose = match &standing.ledger {
+                Ok(file) => format!("ledger {}", file.display()),
+                Err(dir) => format!("no ledger in {}", dir.display()),
+            };
             println!(
-                "OK {} for intent {}: signed by {}; expires in {}; {} of {} use(s) taken",
+                "OK {} for intent {}: signed by {}; expires in {}; {} of {} use(s) taken ({whose})",
                 v.lease.lease_id,
                 v.lease.intent_id,
                 signers.join(", "),
@@ -475,7 +480,11 @@ fn lease_verify(
                     "payload_sha256": v.payload_sha256,
                     "signers": signers,
                     "expires_at": v.lease.expires_at.format(&time::format_description::well_known::Rfc3339).ok(),
-                    "uses": {"used": standing.used, "max": standing.max},
+                    "uses": {
+                        "used": standing.used,
+                        "max": standing.max,
+                        "ledger": standing.ledger.as_ref().ok(),
+                    },
                 })
             );
         }

@@ -193,6 +193,8 @@ pub struct Standing {
     pub max: u32,
     /// calyx-run's refusal of the next use, if it would refuse.
     pub refusal: Option<Refusal>,
+    /// The ledger file asked; `Err` holds the state directory that has none.
+    pub ledger: Result<PathBuf, PathBuf>,
 }
 
 /// The ledger of `state_dir` (default as for `list`) on `lease`, decided as calyx-run decides a
@@ -201,12 +203,15 @@ pub struct Standing {
 pub fn standing(state_dir: Option<&Path>, lease: &LeaseRecord) -> Result<Standing, LedgerCliError> {
     let uid = euid()?;
     let loc = locations(uid, state_dir, None);
-    let row = match SqliteLedger::open_existing(&loc.state_dir)? {
-        Some(mut ledger) => ledger
-            .list()?
-            .into_iter()
-            .find(|r| r.lease_id == lease.lease_id),
-        None => None,
+    let (row, ledger) = match SqliteLedger::open_existing(&loc.state_dir)? {
+        Some(mut ledger) => (
+            ledger
+                .list()?
+                .into_iter()
+                .find(|r| r.lease_id == lease.lease_id),
+            Ok(ledger.path().to_owned()),
+        ),
+        None => (None, Err(loc.state_dir.clone())),
     };
     let state = row.map_or_else(UseState::default, |r| UseState {
         used: r.used,
@@ -220,6 +225,7 @@ pub fn standing(state_dir: Option<&Path>, lease: &LeaseRecord) -> Result<Standin
         used: state.used,
         max: lease.max_uses,
         refusal,
+        ledger,
     })
 }
 
