@@ -240,3 +240,56 @@ fn hybrid_without_writable_unified_tree_reports_the_gap() {
     );
     assert!(cg.gaps()[0].to_string().contains("no cgroup.kill"));
 }
+
+/// The runner's split: `prepare` makes nothing on v1 and refuses what `create` refuses (swap
+/// accounting off, before any directory exists); `make_v1` then makes the directories with
+/// their limits, once; `v1_join` opens each hierarchy's parent, below which `tasks` exists
+/// after `make_v1`.
+#[test]
+fn prepare_plans_v1_and_make_v1_makes_it() {
+    let t = host(LEGACY, false);
+    let layout = Layout::discover(t.path(), None).unwrap();
+    let swap = LimitSpec {
+        memory_max: Some(MIB),
+        swap_max: Some(0),
+        ..LimitSpec::default()
+    };
+    let err = RunCgroup::prepare(&layout, &opts(&swap, 0)).unwrap_err();
+    assert!(
+        matches!(err, CgroupError::Unsupported { limit: "swap", .. }),
+        "{err}"
+    );
+    let limits = LimitSpec {
+        memory_max: Some(64 * MIB),
+        pids_max: Some(32),
+        ..LimitSpec::default()
+    };
+    let cg = RunCgroup::prepare(&layout, &opts(&limits, 0)).unwrap();
+    assert!(cg.v1_pending());
+    for (h, _) in LEGACY {
+        assert!(!child(&t, h).exists(), "{h} made before make_v1");
+    }
+    // The planned directories are named already (for the run's status line).
+    assert_eq!(cg.v1_dir("memory"), Some(child(&t, "memory").as_path()));
+    assert!(cg.v1_join().unwrap().is_some());
+    cg.make_v1().unwrap();
+    assert!(!cg.v1_pending());
+    assert_eq!(
+        read(&child(&t, "memory").join("memory.limit_in_bytes")),
+        (64 * MIB).to_string()
+    );
+    assert_eq!(read(&child(&t, "pids").join("pids.max")), "32");
+    // A second call makes nothing twice.
+    cg.make_v1().unwrap();
+    // A prepared cgroup that never got its v1 directories is removed all the same.
+    let other = RunCgroup::prepare(
+        &layout,
+        &CreateOptions {
+            run_id: "r2",
+            ..opts(&limits, 0)
+        },
+    )
+    .unwrap();
+    other.remove().unwrap();
+    // (The fixture's limit files keep `cg`'s directories from an rmdir; cgroupfs has none.)
+}

@@ -23,9 +23,11 @@
 //! let layout = Layout::discover(Path::new("/"), cgroup_parent)?;           // stage 3
 //! cleanup_stale(&layout, SystemTime::now(), Duration::from_secs(10), None)?;      // last run's leftovers
 //! let spec = LimitSpec::from_lease(&lease.limits, io_device)?;
-//! let cg = Arc::new(RunCgroup::create(&layout, &CreateOptions { run_id, limits: &spec, … })?);
+//! let cg = Arc::new(RunCgroup::prepare(&layout, &CreateOptions { run_id, limits: &spec, … })?);
 //! let fd = cg.cgroup_fd_for_clone_into()?;   // clone3(CLONE_INTO_CGROUP) where Some (stage 4)
-//! let tasks = cg.v1_thread_files()?;          // v1: the child writes itself in (join_v1_self)
+//! let join = cg.v1_join()?;                  // v1 parents, inherited by the child
+//! cg.make_v1()?;                             // after the clone; then Msg::Join: the child
+//!                                            // writes itself in (join_v1_self)
 //! cg.add_pid_v2(child_pid)?;                 // only the ENOSYS fallback; before release
 //! let sentinel = sentinel::watch::start(cg.clone(), config, tx)?;          // stage 7
 //! … wait …

@@ -1,10 +1,12 @@
 //! One run's cgroup: created with its limits (each read back), the sandbox placed in it,
 //! frozen, killed and removed; plus the clean-up of cgroups a killed runner left behind.
 
+use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::detect::{CgroupMode, Hierarchy, Layout};
@@ -122,8 +124,23 @@ pub struct RunCgroup {
     name: String,
     mode: CgroupMode,
     v2: Option<PathBuf>,
+    /// The run's v1 directories; between [`RunCgroup::prepare`] and [`RunCgroup::make_v1`]
+    /// they are planned, not made.
     v1: Vec<Hierarchy>,
+    /// The v1 limits [`RunCgroup::make_v1`] writes and reads back.
+    v1_writes: Vec<LimitWrite>,
+    /// True once the v1 directories exist with their limits (or none are planned).
+    v1_made: AtomicBool,
     gaps: Vec<Gap>,
+}
+
+/// What a single-threaded child needs to move itself into the run's v1 cgroups once they
+/// exist: each hierarchy's parent directory, opened before the clone, and the path of the
+/// run's `tasks` file below it. See [`join_v1_self`].
+#[derive(Debug)]
+pub struct V1Join {
+    parents: Vec<OwnedFd>,
+    tasks: CString,
 }
 
 /// `calyx-<run id>`, refusing ids that could name another directory.
@@ -158,6 +175,14 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
     })
 }
 
+fn no_swap_accounting() -> CgroupError {
+    CgroupError::Unsupported {
+        limit: "swap",
+        reason: "swap accounting is off (no memory.memsw.limit_in_bytes or memory.swap.max)",
+        remedy: "boot with swapaccount=1, or drop the swap limit",
+    }
+}
+
 /// Write each planned value into `dir_for(controller)` and read it back. A swap limit the
 /// host cannot account is refused before anything is written.
 fn apply_writes<'a>(
@@ -167,11 +192,7 @@ fn apply_writes<'a>(
     for w in plan {
         let swap_file = matches!(w.file, "memory.memsw.limit_in_bytes" | "memory.swap.max");
         if swap_file && !dir_for(w.controller)?.join(w.file).exists() {
-            return Err(CgroupError::Unsupported {
-                limit: "swap",
-                reason: "swap accounting is off (no memory.memsw.limit_in_bytes or memory.swap.max)",
-                remedy: "boot with swapaccount=1, or drop the swap limit",
-            });
+            return Err(no_swap_accounting());
         }
     }
     for w in plan {
@@ -193,17 +214,35 @@ impl RunCgroup {
     /// Create the run's cgroup under `layout` with `opts.limits` applied and verified. On
     /// error everything created so far is removed again.
     pub fn create(layout: &Layout, opts: &CreateOptions<'_>) -> Result<Self, CgroupError> {
+        let run = Self::prepare(layout, opts)?;
+        if let Err(e) = run.make_v1() {
+            let _ = run.remove();
+            return Err(e);
+        }
+        Ok(run)
+    }
+
+    /// Everything of [`RunCgroup::create`] but the v1 directories: the v2 cgroup (unified host)
+    /// or companion (hybrid) is made with its limits, and every check that can refuse the run
+    /// or make it fall back is done (controllers mounted, parents writable, swap accounting),
+    /// so [`RunCgroup::make_v1`] fails only on an error of the kernel's. The runner makes the
+    /// v1 directories right after the clone, while init creates its network namespace, and
+    /// init moves itself in before it forks anything ([`RunCgroup::v1_join`]). On error
+    /// everything created is removed.
+    pub fn prepare(layout: &Layout, opts: &CreateOptions<'_>) -> Result<Self, CgroupError> {
         let name = run_cgroup_name(opts.run_id)?;
         let mut run = Self {
             name,
             mode: layout.mode,
             v2: None,
             v1: Vec::new(),
+            v1_writes: Vec::new(),
+            v1_made: AtomicBool::new(true),
             gaps: Vec::new(),
         };
         let result = match layout.mode {
             CgroupMode::Unified => run.create_unified(layout, opts),
-            CgroupMode::Hybrid | CgroupMode::Legacy => run.create_v1(layout, opts),
+            CgroupMode::Hybrid | CgroupMode::Legacy => run.plan_v1(layout, opts),
         };
         if let Err(e) = result {
             // The original error matters more than a failure to clean up after it.
@@ -211,6 +250,74 @@ impl RunCgroup {
             return Err(e);
         }
         Ok(run)
+    }
+
+    /// True while the v1 directories of [`RunCgroup::prepare`] are still to be made.
+    pub fn v1_pending(&self) -> bool {
+        !self.v1_made.load(Ordering::Acquire)
+    }
+
+    /// Makes the v1 directories planned by [`RunCgroup::prepare`] and writes their limits,
+    /// reading each back. Nothing to do when they exist already or none are planned. On error
+    /// the caller removes the cgroup ([`RunCgroup::remove`] skips what is not there).
+    pub fn make_v1(&self) -> Result<(), CgroupError> {
+        if !self.v1_pending() {
+            return Ok(());
+        }
+        for h in &self.v1 {
+            mkdir(&h.dir)?;
+        }
+        let v1 = &self.v1;
+        apply_writes(&self.v1_writes, |c| {
+            v1.iter()
+                .find(|h| h.has(c))
+                .map(|h| h.dir.as_path())
+                .ok_or(CgroupError::Unsupported {
+                    limit: c,
+                    reason: "its v1 controller is not mounted",
+                    remedy: "mount the controller, or drop the limit",
+                })
+        })?;
+        self.v1_made.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// For a single-threaded child to move itself into the v1 hierarchies with `0` once
+    /// [`RunCgroup::make_v1`] has made them (see [`join_v1_self`]): each hierarchy's parent
+    /// directory, opened now. `None` without v1 hierarchies.
+    ///
+    /// Why the child moves itself: moving another process (`cgroup.procs` with a pid) takes
+    /// the kernel's global threadgroup lock for writing, which waits for an RCU grace period
+    /// whenever no other move happened in the last few milliseconds (5–15 ms here); a thread
+    /// moving itself through `tasks` needs no such lock (Linux 5.17+). The child's credentials
+    /// are the runner's (the same kernel uid), so it needs no privilege.
+    pub fn v1_join(&self) -> Result<Option<V1Join>, CgroupError> {
+        if self.v1.is_empty() {
+            return Ok(None);
+        }
+        let parents = self
+            .v1
+            .iter()
+            .map(|h| {
+                let parent = h.dir.parent().unwrap_or(Path::new("/"));
+                File::options()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(parent)
+                    .map(OwnedFd::from)
+                    .map_err(|source| CgroupError::Open {
+                        path: parent.to_owned(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tasks = CString::new(format!("{}/tasks", self.name)).map_err(|_| {
+            CgroupError::InvalidRunId {
+                id: self.name.clone(),
+                reason: "contains a NUL byte",
+            }
+        })?;
+        Ok(Some(V1Join { parents, tasks }))
     }
 
     fn create_unified(
@@ -241,16 +348,21 @@ impl RunCgroup {
         apply_writes(&plan, |_| Ok(dir.as_path()))
     }
 
-    fn create_v1(&mut self, layout: &Layout, opts: &CreateOptions<'_>) -> Result<(), CgroupError> {
+    fn plan_v1(&mut self, layout: &Layout, opts: &CreateOptions<'_>) -> Result<(), CgroupError> {
         let plan = limits::plan_v1(opts.limits, opts.page_size)?;
         // Every limit's controller must exist; a missing one refuses the run.
         for w in &plan {
-            if layout.v1_for(w.controller).is_none() {
+            let Some(h) = layout.v1_for(w.controller) else {
                 return Err(CgroupError::Unsupported {
                     limit: w.controller,
                     reason: "its v1 controller is not mounted",
                     remedy: "mount the controller, or drop the limit",
                 });
+            };
+            // Swap accounting shows in every memory cgroup, the parent included: checked here,
+            // so that its absence refuses the run (or lets it fall back) before the clone.
+            if w.file == "memory.memsw.limit_in_bytes" && !h.dir.join(w.file).exists() {
+                return Err(no_swap_accounting());
             }
         }
         // Hybrid: the v2 companion first (cgroup.kill, cgroup.events and PSI, where we may
@@ -289,25 +401,14 @@ impl RunCgroup {
                     uid: opts.uid,
                 });
             }
-            let dir = h.dir.join(&self.name);
-            mkdir(&dir)?;
             self.v1.push(Hierarchy {
                 controllers: h.controllers.clone(),
-                dir,
+                dir: h.dir.join(&self.name),
             });
         }
         self.gaps.dedup();
-        let v1 = &self.v1;
-        apply_writes(&plan, |c| {
-            v1.iter()
-                .find(|h| h.has(c))
-                .map(|h| h.dir.as_path())
-                .ok_or(CgroupError::Unsupported {
-                    limit: c,
-                    reason: "its v1 controller is not mounted",
-                    remedy: "mount the controller, or drop the limit",
-                })
-        })?;
+        self.v1_writes = plan;
+        self.v1_made.store(self.v1.is_empty(), Ordering::Release);
         Ok(())
     }
 
@@ -341,7 +442,7 @@ impl RunCgroup {
 
     /// An `O_DIRECTORY` fd of the v2 cgroup for `clone3(CLONE_INTO_CGROUP)`, so the sandbox
     /// is accounted from its first instruction. `None` when there is no v2 cgroup. On hybrid
-    /// hosts the child joins the v1 hierarchies itself through [`RunCgroup::v1_thread_files`].
+    /// hosts the child joins the v1 hierarchies itself through [`RunCgroup::v1_join`].
     pub fn cgroup_fd_for_clone_into(&self) -> Result<Option<OwnedFd>, CgroupError> {
         let Some(dir) = &self.v2 else { return Ok(None) };
         let file = File::options()
@@ -379,28 +480,6 @@ impl RunCgroup {
             write_file(&h.dir.join("cgroup.procs"), &value)?;
         }
         Ok(())
-    }
-
-    /// The `tasks` file of every v1 hierarchy, opened for writing, for a single-threaded child
-    /// to move itself with `0` (see [`join_v1_self`]).
-    ///
-    /// Why the child moves itself: moving another process (`cgroup.procs` with a pid) takes
-    /// the kernel's global threadgroup lock for writing, which waits for an RCU grace period
-    /// (5–10 ms on this class of machine, on every run); a thread moving itself through
-    /// `tasks` needs no such lock (Linux 5.17+) and takes about 0.1 ms. Permission is checked
-    /// against the credentials of the opener, the runner, so the child needs no privilege.
-    pub fn v1_thread_files(&self) -> Result<Vec<File>, CgroupError> {
-        self.v1
-            .iter()
-            .map(|h| {
-                let path = h.dir.join("tasks");
-                File::options()
-                    .write(true)
-                    .custom_flags(libc::O_CLOEXEC)
-                    .open(&path)
-                    .map_err(|source| CgroupError::Open { path, source })
-            })
-            .collect()
     }
 
     /// Processes of the run (from the v2 cgroup, else the first v1 hierarchy).
@@ -521,12 +600,13 @@ pub(crate) fn rmdir_retry(dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// Moves the calling thread (the whole process, when single-threaded) into the cgroup of each
-/// `tasks` file from [`RunCgroup::v1_thread_files`].
-pub fn join_v1_self(files: &[File]) -> std::io::Result<()> {
-    use std::os::fd::AsFd;
-    for f in files {
-        let n = crate::sys::fs::write_once(f.as_fd(), b"0")?;
+/// Moves the calling thread (the whole process, when single-threaded) into the run's v1
+/// cgroups ([`RunCgroup::v1_join`]), which must exist by now. Only system calls: init calls
+/// this.
+pub fn join_v1_self(join: &V1Join) -> std::io::Result<()> {
+    for parent in &join.parents {
+        let tasks = crate::sys::fs::open_write_at(parent.as_fd(), &join.tasks)?;
+        let n = crate::sys::fs::write_once(tasks.as_fd(), b"0")?;
         if n != 1 {
             return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
         }

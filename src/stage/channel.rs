@@ -110,6 +110,8 @@ pub enum Msg {
     },
     /// parent → init: STARTED is on disk; start the payload.
     Start,
+    /// parent → init: the run's v1 cgroups exist; move yourself in.
+    Join,
     /// init → parent: a setup step failed.
     SetupFailed {
         /// Which.
@@ -168,6 +170,7 @@ impl Msg {
             Msg::SetupFailed { step, errno } => (4, step as u32, i64::from(errno), [0; 3]),
             Msg::HashMismatch => (5, 0, 0, [0; 3]),
             Msg::ExecFailed { errno } => (6, 0, i64::from(errno), [0; 3]),
+            Msg::Join => (8, 0, 0, [0; 3]),
             Msg::Exited { status, usage: u } => (
                 7,
                 0,
@@ -218,6 +221,7 @@ impl Msg {
             },
             5 => Msg::HashMismatch,
             6 => Msg::ExecFailed { errno: b32 },
+            8 => Msg::Join,
             7 => Msg::Exited {
                 status: b32,
                 usage: Reaped {
@@ -298,6 +302,7 @@ mod tests {
     fn roundtrip_every_message() {
         let msgs = [
             Msg::Go,
+            Msg::Join,
             Msg::Ready {
                 landlock: LandlockLevel::Partial,
                 abi: 3,

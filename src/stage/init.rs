@@ -46,9 +46,13 @@ fn at(step: Step) -> impl FnOnce(io::Error) -> (Step, i32) {
     move |e: io::Error| (step, e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Runs init; never returns. `cgroup_tasks` are the run's v1 `tasks` files, opened by the
-/// parent, that init writes itself into first.
-pub fn run_init(ctx: &InitContext, channel: Channel, cgroup_tasks: Vec<std::fs::File>) -> ! {
+/// Runs init; never returns. With `cgroup_join`, init moves itself into the run's v1 cgroups
+/// when the parent says they exist (`Msg::Join`), before it forks anything.
+pub fn run_init(
+    ctx: &InitContext,
+    channel: Channel,
+    cgroup_join: Option<crate::cgroup::run::V1Join>,
+) -> ! {
     // Name it so `ps` on the host shows what this process is.
     let _ = sproc::set_name(c"calyx:[init]");
     // The runner dies → init dies → the kernel kills the whole pid namespace.
@@ -62,10 +66,6 @@ pub fn run_init(ctx: &InitContext, channel: Channel, cgroup_tasks: Vec<std::fs::
     // Join the v1 cgroups before anything else, while init is still single-threaded and has
     // run nothing of the payload: everything forked from here on is accounted and limited.
     // (On v2, CLONE_INTO_CGROUP already placed init.)
-    if let Err(e) = crate::cgroup::run::join_v1_self(&cgroup_tasks) {
-        fail_early(&channel, Step::JoinCgroup, &e);
-    }
-    drop(cgroup_tasks);
     // The network namespace is made here rather than by the clone. Of all the namespaces it
     // is the one that costs: about 0.4 ms of CPU here. Made by init it overlaps the parent's
     // writing of the id maps instead of delaying the clone. Init holds every capability of
@@ -74,7 +74,7 @@ pub fn run_init(ctx: &InitContext, channel: Channel, cgroup_tasks: Vec<std::fs::
     if let Err(e) = sys::net::unshare_network() {
         fail_early(&channel, Step::NetNamespace, &e);
     }
-    let code = match init_main(ctx, &channel) {
+    let code = match init_main(ctx, &channel, cgroup_join) {
         Ok(code) => code,
         Err((step, errno)) => {
             let _ = channel.send(Msg::SetupFailed { step, errno });
@@ -102,7 +102,11 @@ fn renumber_channel(channel: Channel) -> io::Result<Channel> {
     Ok(Channel::from_owned(channel::adopt(CHANNEL_FD)))
 }
 
-fn init_main(ctx: &InitContext, channel: &Channel) -> StepResult<i32> {
+fn init_main(
+    ctx: &InitContext,
+    channel: &Channel,
+    cgroup_join: Option<crate::cgroup::run::V1Join>,
+) -> StepResult<i32> {
     // PDEATHSIG is set, but the parent may have died before that: its end of the channel is
     // then closed and this read sees EOF (getppid() is 0 here: the parent is outside our pid
     // namespace, so it cannot tell us).
@@ -121,6 +125,16 @@ fn init_main(ctx: &InitContext, channel: &Channel) -> StepResult<i32> {
     sproc::sethostname(b"calyx").map_err(at(Step::Network))?;
     if ctx.network == Network::Loopback {
         sys::net::loopback_up().map_err(at(Step::Network))?;
+    }
+    // The v1 cgroups, which the parent made meanwhile: init moves itself in while it is
+    // single-threaded and has forked nothing, so the payload and all it forks are accounted
+    // and limited. (On v2, CLONE_INTO_CGROUP placed init at its birth.)
+    if let Some(join) = cgroup_join {
+        match channel.recv().map_err(at(Step::WaitForParent))? {
+            Some(Msg::Join) => {}
+            _ => return Ok(125),
+        }
+        crate::cgroup::run::join_v1_self(&join).map_err(at(Step::JoinCgroup))?;
     }
     // Nothing but 0-2 and the channel may reach the payload (fd leak class of escapes).
     sfs::close_from(CHANNEL_FD as u32 + 1).map_err(at(Step::Descriptors))?;

@@ -306,7 +306,8 @@ fn create(input: &SetupInput<'_>, limits: &Limits) -> Result<(RunCgroup, Layout)
         }
     };
     let spec = LimitSpec::from_lease(limits, io_device)?;
-    let cg = RunCgroup::create(
+    // The v1 directories are made by the runner after the clone (RunCgroup::make_v1).
+    let cg = RunCgroup::prepare(
         &layout,
         &CreateOptions {
             run_id: input.run_id,

@@ -269,3 +269,18 @@ pub fn memfd_create_probe(flags: u32) -> Result<(), i32> {
     unsafe { libc::close(fd) };
     Ok(())
 }
+
+/// `openat(dir, path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)`.
+pub fn open_write_at(dir: BorrowedFd<'_>, path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `path` is NUL-terminated and `dir` is a live descriptor.
+    let fd = check_int(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
