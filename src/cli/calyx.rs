@@ -462,7 +462,7 @@ fn lease_verify(
                 signers.join(", "),
                 format_duration_secs(left),
                 standing.used,
-                standing.max
+                v.lease.max_uses
             );
         }
         (Ok((v, standing)), true) => {
@@ -482,7 +482,7 @@ fn lease_verify(
                     "expires_at": v.lease.expires_at.format(&time::format_description::well_known::Rfc3339).ok(),
                     "uses": {
                         "used": standing.used,
-                        "max": standing.max,
+                        "max": v.lease.max_uses,
                         "ledger": standing.ledger.as_ref().ok(),
                     },
                 })

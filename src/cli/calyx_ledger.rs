@@ -189,8 +189,6 @@ pub fn list(args: &ListArgs) -> Result<(), LedgerCliError> {
 pub struct Standing {
     /// Uses taken so far.
     pub used: u32,
-    /// The lease's `max_uses`.
-    pub max: u32,
     /// calyx-run's refusal of the next use, if it would refuse.
     pub refusal: Option<Refusal>,
     /// The ledger file asked; `Err` holds the state directory that has none.
@@ -223,7 +221,6 @@ pub fn standing(state_dir: Option<&Path>, lease: &LeaseRecord) -> Result<Standin
     };
     Ok(Standing {
         used: state.used,
-        max: lease.max_uses,
         refusal,
         ledger,
     })

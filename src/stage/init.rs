@@ -63,12 +63,9 @@ pub fn run_init(
         Ok(c) => c,
         Err(_) => sys::clone::exit_now(125),
     };
-    // Join the v1 cgroups before anything else, while init is still single-threaded and has
-    // run nothing of the payload: everything forked from here on is accounted and limited.
-    // (On v2, CLONE_INTO_CGROUP already placed init.)
     // The network namespace is made here rather than by the clone. Of all the namespaces it
     // is the one that costs: about 0.4 ms of CPU here. Made by init it overlaps the parent's
-    // writing of the id maps instead of delaying the clone. Init holds every capability of
+    // writing of the id maps and making of the v1 cgroups instead of delaying the clone. Init holds every capability of
     // its user namespace from birth and needs no id map for this; it has run nothing but
     // this function so far, and the payload only ever runs inside the new namespace.
     if let Err(e) = sys::net::unshare_network() {

@@ -209,13 +209,11 @@ pub fn run(
         Some(Ok(fd)) => fd,
         Some(Err(e)) => return fail(report, e.to_string()),
     };
-    // v1 hierarchies (hybrid/legacy): init moves itself in through these, first thing.
     // v1 hierarchies (hybrid/legacy): made right after the clone; init moves itself in
     // through these parent directories once told they exist (Msg::Join).
-    let cgroup_join = match cgroup.as_deref().map(RunCgroup::v1_join) {
-        None | Some(Ok(None)) => None,
-        Some(Ok(Some(j))) => Some(j),
-        Some(Err(e)) => return fail(report, e.to_string()),
+    let cgroup_join = match cgroup.as_deref().map(RunCgroup::v1_join).transpose() {
+        Ok(join) => join.flatten(),
+        Err(e) => return fail(report, e.to_string()),
     };
     // The only clone of the run; the parent is single-threaded here (the sentinel thread
     // starts after it). CLONE_INTO_CGROUP accounts init from its first instruction; only
