@@ -201,20 +201,13 @@ pub struct Standing {
 pub fn standing(state_dir: Option<&Path>, lease: &LeaseRecord) -> Result<Standing, LedgerCliError> {
     let uid = euid()?;
     let loc = locations(uid, state_dir, None);
-    let (row, ledger) = match SqliteLedger::open_existing(&loc.state_dir)? {
-        Some(mut ledger) => (
-            ledger
-                .list()?
-                .into_iter()
-                .find(|r| r.lease_id == lease.lease_id),
+    let (state, ledger) = match SqliteLedger::open_existing(&loc.state_dir)? {
+        Some(ledger) => (
+            ledger.state_of(&lease.lease_id)?,
             Ok(ledger.path().to_owned()),
         ),
-        None => (None, Err(loc.state_dir.clone())),
+        None => (UseState::default(), Err(loc.state_dir.clone())),
     };
-    let state = row.map_or_else(UseState::default, |r| UseState {
-        used: r.used,
-        revoked: r.revoked,
-    });
     let refusal = match crate::ledger::decide(&lease.lease_id, lease.max_uses, &state) {
         crate::ledger::Decision::Granted { .. } => None,
         crate::ledger::Decision::Refused(r) => Some(r),

@@ -121,6 +121,13 @@ impl SqliteLedger {
         &self.path
     }
 
+    /// What the ledger holds of `lease_id` (no use taken and no revocation when it is unknown),
+    /// read without a transaction of its own: `calyx lease verify` asks this of one lease
+    /// rather than listing them all.
+    pub fn state_of(&self, lease_id: &str) -> Result<UseState, LedgerError> {
+        read_state(&self.conn, lease_id).map_err(self.err("reading"))
+    }
+
     fn err(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
         move |e| sql_err(op, &self.path, self.busy, e)
     }

@@ -157,6 +157,25 @@ fn revocation_refuses_and_keeps_the_first_reason() {
 }
 
 #[test]
+fn state_of_one_lease_reads_uses_and_revocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = SqliteLedger::open_in(tmp.path()).unwrap();
+    assert_eq!(l.state_of("NEVER-SEEN").unwrap(), UseState::default());
+    l.consume(&record("LA", 3), "RUN-1", now()).unwrap();
+    l.consume(&record("LA", 3), "RUN-2", now()).unwrap();
+    l.consume(&record("LB", 3), "RUN-3", now()).unwrap();
+    let a = l.state_of("LA").unwrap();
+    assert_eq!((a.used, a.revoked), (2, None));
+    let Revoked::Now(rev) = l.revoke("LB", None, "bob", "done", now()).unwrap() else {
+        panic!("LB was not revoked before")
+    };
+    let b = l.state_of("LB").unwrap();
+    assert_eq!((b.used, b.revoked), (1, Some(rev)));
+    // The other lease is untouched.
+    assert_eq!(l.state_of("LA").unwrap().used, 2);
+}
+
+#[test]
 fn revoke_from_a_file_fills_gaps_but_a_verified_use_wins() {
     let tmp = tempfile::tempdir().unwrap();
     let mut l = SqliteLedger::open_in(tmp.path()).unwrap();
