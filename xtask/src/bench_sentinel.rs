@@ -572,7 +572,7 @@ fn thread_cpu_ns(pid: u32) -> Threads {
 }
 
 /// USER_HZ, the unit of /proc/PID/stat's times.
-fn clock_ticks() -> Result<u64> {
+pub(crate) fn clock_ticks() -> Result<u64> {
     let out = Command::new("getconf")
         .arg("CLK_TCK")
         .output()
