@@ -473,3 +473,58 @@ fn closed_stdout_does_not_become_the_audit_log() {
         );
     }
 }
+
+#[test]
+fn a_json_reader_that_went_away_costs_the_output_not_the_exit_code() {
+    // `calyx-run --json … | head -c 100`: the result cannot be written to standard output any
+    // more. The run is over and audited; its exit code must stay the payload's, with the
+    // write error on stderr (it used to be a panic: abort, or 101).
+    let f = Fixture::new();
+    let lease = f.lease(
+        "gone",
+        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
+        json!({}),
+    );
+    let result = f.path("gone.json");
+    let bin = env!("CARGO_BIN_EXE_calyx-run");
+    let run = |extra: &[&str]| {
+        let mut child = std::process::Command::new(bin)
+            .arg("--lease")
+            .arg(&lease)
+            .arg("--trust")
+            .arg(&f.trust)
+            .arg("--state-dir")
+            .arg(f.fresh_state(As::Caller))
+            .arg("--audit-log")
+            .arg(&f.audit)
+            .arg("--result")
+            .arg(&result)
+            .arg("--json")
+            .args(extra)
+            .args(["--", "/bin/sh", "-c", "exit 5"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before calyx-run writes anything.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("writing the result to standard output"),
+        "{err}"
+    );
+    // The result still reaches --result, and the run its closing record.
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(r["exit_code"], 5);
+    let log = std::fs::read_to_string(&f.audit).unwrap();
+    assert!(log.lines().last().unwrap().contains("exec_event.FINISHED"));
+    // A dry run's only output is its plan: not written, the dry run fails (125).
+    let out = run(&["--dry-run"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("writing the plan to standard output"), "{err}");
+}

@@ -214,8 +214,13 @@ pub fn main(args: Args) -> u8 {
     ids_audit.intent_id = Some(lease.intent_id.clone());
 
     if args.dry_run {
-        print_plan(&args, &lease, &plan);
-        return 0;
+        return match print_plan(&args, &lease, &plan) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("calyx-run: writing the plan to standard output: {e}");
+                exit::SETUP_FAILED
+            }
+        };
     }
     let receipt_inputs = sealed.map(|(key, lease_sha256)| ReceiptInputs {
         key,
@@ -704,30 +709,42 @@ fn remove_unused(watched: Option<&parent::Watched>) {
     }
 }
 
-fn print_plan(args: &Args, lease: &Lease, plan: &Plan) {
+fn print_plan(args: &Args, lease: &Lease, plan: &Plan) -> std::io::Result<()> {
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"lease_id": lease.lease_id, "intent_id": lease.intent_id, "plan": plan})
-            )
-            .unwrap_or_default()
-        );
-        return;
+        let text = serde_json::to_string_pretty(
+            &json!({"lease_id": lease.lease_id, "intent_id": lease.intent_id, "plan": plan}),
+        )
+        .unwrap_or_default();
+        return write_stdout(&format!("{text}\n"));
     }
-    print!("{}", super::result::human_plan(lease, plan));
+    write_stdout(&super::result::human_plan(lease, plan))
 }
 
+/// The run's JSON result to standard output (`--json`) and to `--result FILE`. A reader that
+/// has gone away (`calyx-run --json … | head -c 100`) costs the result on standard output,
+/// said on stderr, never the run's exit code: the run is over and its audit records are
+/// written.
 fn emit(args: &Args, result: &RunResult) {
     let text = serde_json::to_string(result).unwrap_or_default();
     if args.json && !args.dry_run {
-        println!("{text}");
+        if let Err(e) = write_stdout(&format!("{text}\n")) {
+            eprintln!("calyx-run: writing the result to standard output: {e}");
+        }
     }
     if let Some(path) = &args.result {
         if let Err(e) = std::fs::write(path, format!("{text}\n")) {
             eprintln!("calyx-run: writing result {}: {e}", path.display());
         }
     }
+}
+
+/// Writes `text` to standard output and flushes it; an error (EPIPE with SIGPIPE ignored)
+/// is returned rather than panicking as `print!` would.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 fn new_run_id() -> String {
