@@ -1,10 +1,15 @@
 //! `calyx-run`: verify a lease and run one command inside the sandbox.
+//!
+//! Without Rust's runtime start-up (`calyx::sys::entry`): 0.2 ms of CPU per run.
+#![no_main]
 
 use clap::Parser;
 
-fn main() -> std::process::ExitCode {
+calyx::c_main!(run);
+
+fn run() -> u8 {
     // Before any thread: one malloc arena for all of them (-0.17 to -0.28 ms per run).
     calyx::sys::proc::single_malloc_arena();
     let args = calyx::cli::run::Args::parse();
-    std::process::ExitCode::from(calyx::cli::run::main(args))
+    calyx::cli::run::main(args)
 }

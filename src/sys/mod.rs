@@ -8,6 +8,7 @@
 pub mod beneath;
 pub mod cgroup_sys;
 pub mod clone;
+pub mod entry;
 pub mod fs;
 pub mod lock;
 pub mod net;
