@@ -19,6 +19,9 @@ const BASELINE_NAME: &str = "calyx-run without ledger and receipts (bench-baseli
 const ROUNDS: usize = 300;
 /// Unmeasured runs first, so page cache and dentry cache are warm for every tool.
 const WARMUP: usize = 20;
+/// Runs of each tool alone, back to back, for its CPU per run; after CPU_WARMUP of its own.
+const CPU_RUNS: usize = 200;
+const CPU_WARMUP: usize = 5;
 
 pub fn bench() -> Result<()> {
     if util::is_root() {
@@ -143,35 +146,32 @@ fn startup(bin: &Path, baseline: &Path, dir: &Path) -> Result<()> {
         check(&(t.cmd)(0), t.name)?;
     }
     let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(ROUNDS); tools.len()];
-    // The machine's busy time (both cores, every process and kernel thread) while each tool
-    // ran, summed over the measured rounds: see `busy_ticks`.
-    let mut busy = vec![0u64; tools.len()];
+    // A fresh order every round: each tool follows every other equally often, so none
+    // always inherits another's after-effects (deferred kernel work, cold caches).
+    let mut order = Shuffle::from_clock();
+    println!("round order: shuffled each round (seed {:#x})", order.0);
     for round in 0..WARMUP + ROUNDS {
-        // Rotate the order each round so no tool always runs right after another.
-        for k in 0..tools.len() {
-            let idx = (round + k) % tools.len();
-            let mut cmd = (tools[idx].cmd)(round + 1);
-            let busy0 = busy_ticks()?;
-            let t0 = Instant::now();
-            let status = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map_err(|e| fail(format!("{}: {e}", tools[idx].name)))?;
-            let took = t0.elapsed();
-            let spent = busy_ticks()?.saturating_sub(busy0);
-            if !status.success() {
-                return Err(fail(format!(
-                    "{} failed during the benchmark: {status}",
-                    tools[idx].name
-                )));
-            }
+        for idx in order.permutation(tools.len()) {
+            let took = run_once(&tools[idx], round + 1)?;
             if round >= WARMUP {
                 samples[idx].push(took);
-                busy[idx] += spent;
             }
         }
+    }
+    // CPU: each tool alone, CPU_RUNS runs back to back after CPU_WARMUP of its own, so the
+    // work a run leaves to the kernel (namespaces freed after the exit, RCU callbacks) lands
+    // on the next run of the same tool; see `busy_ticks`.
+    let mut busy = vec![0u64; tools.len()];
+    for (idx, tool) in tools.iter().enumerate() {
+        let name = |j: usize| WARMUP + ROUNDS + 1 + idx * (CPU_WARMUP + CPU_RUNS) + j;
+        for j in 0..CPU_WARMUP {
+            run_once(tool, name(j))?;
+        }
+        let busy0 = busy_ticks()?;
+        for j in CPU_WARMUP..CPU_WARMUP + CPU_RUNS {
+            run_once(tool, name(j))?;
+        }
+        busy[idx] = busy_ticks()?.saturating_sub(busy0);
     }
 
     let stats: Vec<(f64, f64)> = samples.iter_mut().map(|s| percentiles(s)).collect();
@@ -182,7 +182,7 @@ fn startup(bin: &Path, baseline: &Path, dir: &Path) -> Result<()> {
     let tick_ms = 1e3 / crate::bench_sentinel::clock_ticks()? as f64;
     let cpu_ms: Vec<f64> = busy
         .iter()
-        .map(|&t| t as f64 * tick_ms / ROUNDS as f64)
+        .map(|&t| t as f64 * tick_ms / CPU_RUNS as f64)
         .collect();
     let bwrap_cpu = tools
         .iter()
@@ -220,18 +220,68 @@ fn startup(bin: &Path, baseline: &Path, dir: &Path) -> Result<()> {
         cores()
     );
     println!(
-        "CPU per run: the machine's busy time on all cores while the tool ran (/proc/stat: \
-         user, nice, system, irq, softirq, steal), summed over the measured rounds and divided \
-         by them. It counts every process of the tool, reaped or not, the kernel threads that \
-         work for it (disk syncs, deferred namespace teardown) and this harness's fork and \
-         wait, the floor shown by bare true. Ticks are sampled, so the figures carry a few \
-         percent of noise. (getrusage of reaped children would miss most of bwrap's: its outer \
-         process exits without waiting for the sandbox's pid 1.)"
+        "CPU per run: the machine's busy time on all cores (/proc/stat: user, nice, system, \
+         irq, softirq, steal) over {CPU_RUNS} runs of the tool alone, back to back after \
+         {CPU_WARMUP} of its own, divided by {CPU_RUNS}. It counts every process of the tool, \
+         reaped or not, the kernel threads working for it (disk syncs, deferred namespace \
+         teardown) and this harness's fork and wait, the floor shown by bare true; ticks are \
+         sampled, so a few percent of noise. (getrusage of reaped children would miss most \
+         of bwrap's: its outer process exits without waiting for the sandbox's pid 1.)"
     );
     let out = repo_root().join("target/bench-startup.md");
     let _ = fs::write(&out, &table);
     println!("table written to {}", out.display());
     Ok(())
+}
+
+/// Runs `tool` once (its `i`-th command) with null standard streams; its wall time, or an
+/// error when it does not succeed.
+fn run_once(tool: &Tool, i: usize) -> Result<Duration> {
+    let mut cmd = (tool.cmd)(i);
+    let t0 = Instant::now();
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| fail(format!("{}: {e}", tool.name)))?;
+    let took = t0.elapsed();
+    if !status.success() {
+        return Err(fail(format!(
+            "{} failed during the benchmark: {status}",
+            tool.name
+        )));
+    }
+    Ok(took)
+}
+
+/// Round orders for the start-up benchmark: xorshift64* seeded from the clock (the seed is
+/// printed), Fisher-Yates over the tools.
+struct Shuffle(u64);
+
+impl Shuffle {
+    fn from_clock() -> Shuffle {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Shuffle(nanos | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut p: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            p.swap(i, j);
+        }
+        p
+    }
 }
 
 /// Busy clock ticks of the whole machine so far: the first line of /proc/stat (all cores)
