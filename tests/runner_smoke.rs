@@ -485,46 +485,35 @@ fn a_json_reader_that_went_away_costs_the_output_not_the_exit_code() {
         json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
         json!({}),
     );
-    let result = f.path("gone.json");
-    let bin = env!("CARGO_BIN_EXE_calyx-run");
-    let run = |extra: &[&str]| {
-        let mut child = std::process::Command::new(bin)
-            .arg("--lease")
-            .arg(&lease)
-            .arg("--trust")
-            .arg(&f.trust)
-            .arg("--state-dir")
-            .arg(f.fresh_state(As::Caller))
-            .arg("--audit-log")
-            .arg(&f.audit)
-            .arg("--result")
-            .arg(&result)
-            .arg("--json")
-            .args(extra)
-            .args(["--", "/bin/sh", "-c", "exit 5"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The reader goes away before calyx-run writes anything.
-        drop(child.stdout.take());
-        child.wait_with_output().unwrap()
-    };
-    let out = run(&[]);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(5), "{err}");
-    assert!(
-        err.contains("writing the result to standard output"),
-        "{err}"
-    );
-    // The result still reaches --result, and the run its closing record.
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
-    assert_eq!(r["exit_code"], 5);
-    let log = std::fs::read_to_string(&f.audit).unwrap();
-    assert!(log.lines().last().unwrap().contains("exec_event.FINISHED"));
-    // A dry run's only output is its plan: not written, the dry run fails (125).
-    let out = run(&["--dry-run"]);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(err.contains("writing the plan to standard output"), "{err}");
+    for who in users() {
+        let run = |args: &[&str]| {
+            // A pipe whose reader is gone before calyx-run starts.
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            f.command(who, &lease, args, &["/bin/sh", "-c", "exit 5"])
+                .stdout(writer)
+                .output()
+                .unwrap()
+        };
+        let out = run(&["--json"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{who:?}: {err}");
+        assert!(
+            err.contains("writing the result to standard output"),
+            "{who:?}: {err}"
+        );
+        // The run has its closing record all the same.
+        let log = std::fs::read_to_string(f.audit_of(who)).unwrap();
+        let last: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!(last["event"], "exec_event.FINISHED", "{who:?}");
+        assert_eq!(last["exit_code"], 5, "{who:?}");
+        // A dry run's only output is its plan: not written, the dry run fails (125).
+        let out = run(&["--json", "--dry-run"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{who:?}: {err}");
+        assert!(
+            err.contains("writing the plan to standard output"),
+            "{who:?}: {err}"
+        );
+    }
 }
