@@ -22,7 +22,6 @@
 
 use std::fmt;
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use landlock::{
@@ -280,11 +279,9 @@ fn open_path(path: &Path) -> Result<(File, bool), LandlockError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(err)?;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| err(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+    let file = File::from(crate::sys::fs::open_o_path(&c).map_err(err)?);
     let dir = file.metadata().map_err(err)?.is_dir();
     Ok((file, dir))
 }

@@ -284,3 +284,38 @@ pub fn open_write_at(dir: BorrowedFd<'_>, path: &CStr) -> io::Result<std::os::fd
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// `open(path, O_PATH | O_CLOEXEC)`, following symbolic links: a handle that names a file
+/// without opening it (no read access needed, no device opened, no FIFO waited on). Not
+/// through `OpenOptions::custom_flags`: the standard library masks `O_ACCMODE` out of those
+/// flags, and musl's `O_ACCMODE` includes `O_SEARCH`, which is `O_PATH`, so there the file
+/// would be opened for reading instead.
+pub fn open_o_path(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `path` is NUL-terminated.
+    let fd = check_int(unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) })?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn open_o_path_names_a_fifo_without_opening_it() {
+        // Opened for reading, a FIFO without a writer would block here; O_PATH returns at
+        // once, and the descriptor says O_PATH (it is no file description one can read).
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = CString::new(tmp.path().join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `fifo` is NUL-terminated.
+        check_int(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }).unwrap();
+        let fd = open_o_path(&fifo).unwrap();
+        // SAFETY: F_GETFL on a live descriptor.
+        let flags = check_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) }).unwrap();
+        assert_eq!(flags & libc::O_PATH, libc::O_PATH, "flags {flags:o}");
+    }
+}

@@ -33,11 +33,11 @@ pub fn loopback_up() -> io::Result<()> {
     req.name[..2].copy_from_slice(b"lo");
     // SAFETY: `req` is a 40-byte ifreq-compatible struct, live for both ioctls.
     let res = unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req as *mut IfreqFlags) < 0 {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req as *mut IfreqFlags) < 0 {
             -1
         } else {
             req.flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req as *const IfreqFlags)
+            libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req as *const IfreqFlags)
         }
     };
     let out = check_int(res).map(drop);

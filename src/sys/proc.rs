@@ -220,7 +220,7 @@ pub fn seccomp_mode() -> io::Result<i32> {
 }
 
 /// `setrlimit(resource, value, value)`.
-pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+pub fn set_rlimit(resource: crate::sys::proc_ctl::RawResource, value: u64) -> io::Result<()> {
     let lim = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,
