@@ -2,7 +2,7 @@
 //!
 //! Without Rust's runtime start-up on glibc (`calyx::sys::entry`): 0.16 to 0.24 ms of CPU
 //! per run.
-#![cfg_attr(target_env = "gnu", no_main)]
+#![cfg_attr(all(target_env = "gnu", not(test)), no_main)]
 
 use clap::Parser;
 

@@ -7,14 +7,16 @@
 //! up to six short-lived threads in it: on this project's two-vCPU reference VM that
 //! machinery cost 0.16 to 0.24 ms of CPU per run (`perf stat`, three loops of 150 runs), and
 //! each unmapping flushes the TLB of the other cores. A binary that opts out with
-//! `#![cfg_attr(target_env = "gnu", no_main)]` and [`c_main!`](crate::c_main) keeps
+//! `#![cfg_attr(all(target_env = "gnu", not(test)), no_main)]` and
+//! [`c_main!`](crate::c_main) keeps
 //! everything else: SIGPIPE ignored (a closed pipe is an EPIPE error, as under the runtime),
 //! standard output flushed at the end, a panic reported and turned into exit code 101. A stack
 //! overflow still kills the process with SIGSEGV, without the message.
 //!
 //! glibc only: it hands argc and argv to the standard library through `.init_array`, so
-//! `std::env::args` works without the runtime's start-up. Elsewhere the macro defines an
-//! ordinary Rust `main` around the same body.
+//! `std::env::args` works without the runtime's start-up. Elsewhere, and in the binary's
+//! test build (whose `main` is the test harness's), the macro defines an ordinary Rust
+//! `main` around the same body.
 
 use std::io::Write;
 
@@ -29,8 +31,8 @@ pub fn run(body: fn() -> u8) -> libc::c_int {
     libc::c_int::from(code)
 }
 
-/// Defines the C `main` of a `#![no_main]` binary (glibc), or an ordinary `main` elsewhere,
-/// running `$body: fn() -> u8` through [`run`](crate::sys::entry::run).
+/// Defines the C `main` of a `#![no_main]` binary (glibc, not under test), or an ordinary
+/// `main` otherwise, running `$body: fn() -> u8` through [`run`](crate::sys::entry::run).
 #[macro_export]
 macro_rules! c_main {
     ($body:path) => {
@@ -38,7 +40,7 @@ macro_rules! c_main {
         // `#![no_main]` on glibc, so Rust emits none) and has the signature the C runtime
         // calls it with; argc and argv are not read here (glibc gives them to
         // std::env::args).
-        #[cfg(target_env = "gnu")]
+        #[cfg(all(target_env = "gnu", not(test)))]
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
         pub extern "C" fn main(
@@ -48,7 +50,7 @@ macro_rules! c_main {
             $crate::sys::entry::run($body)
         }
 
-        #[cfg(not(target_env = "gnu"))]
+        #[cfg(any(not(target_env = "gnu"), test))]
         fn main() {
             ::std::process::exit($crate::sys::entry::run($body));
         }
