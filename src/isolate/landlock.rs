@@ -279,9 +279,7 @@ fn open_path(path: &Path) -> Result<(File, bool), LandlockError> {
         path: path.to_path_buf(),
         source,
     };
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| err(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
-    let file = File::from(crate::sys::fs::open_o_path(&c).map_err(err)?);
+    let file = File::from(crate::sys::fs::open_o_path(path).map_err(err)?);
     let dir = file.metadata().map_err(err)?.is_dir();
     Ok((file, dir))
 }

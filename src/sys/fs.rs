@@ -290,10 +290,13 @@ pub fn open_write_at(dir: BorrowedFd<'_>, path: &CStr) -> io::Result<std::os::fd
 /// through `OpenOptions::custom_flags`: the standard library masks `O_ACCMODE` out of those
 /// flags, and musl's `O_ACCMODE` includes `O_SEARCH`, which is `O_PATH`, so there the file
 /// would be opened for reading instead.
-pub fn open_o_path(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
+pub fn open_o_path(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    // SAFETY: `path` is NUL-terminated.
-    let fd = check_int(unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) })?;
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c_path` is NUL-terminated and outlives the call.
+    let fd = check_int(unsafe { libc::open(c_path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) })?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
@@ -310,10 +313,11 @@ mod tests {
         // Opened for reading, a FIFO without a writer would block here; O_PATH returns at
         // once, and the descriptor says O_PATH (it is no file description one can read).
         let tmp = tempfile::tempdir().unwrap();
-        let fifo = CString::new(tmp.path().join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        let path = tmp.path().join("fifo");
+        let fifo = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: `fifo` is NUL-terminated.
         check_int(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }).unwrap();
-        let fd = open_o_path(&fifo).unwrap();
+        let fd = open_o_path(&path).unwrap();
         // SAFETY: F_GETFL on a live descriptor.
         let flags = check_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) }).unwrap();
         assert_eq!(flags & libc::O_PATH, libc::O_PATH, "flags {flags:o}");

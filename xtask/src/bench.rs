@@ -175,19 +175,14 @@ fn startup(bin: &Path, baseline: &Path, dir: &Path) -> Result<()> {
     }
 
     let stats: Vec<(f64, f64)> = samples.iter_mut().map(|s| percentiles(s)).collect();
-    let bwrap_median = tools
-        .iter()
-        .position(|t| t.name.starts_with("bwrap"))
-        .map(|i| stats[i].0);
+    let bwrap = tools.iter().position(|t| t.name.starts_with("bwrap"));
+    let bwrap_median = bwrap.map(|i| stats[i].0);
     let tick_ms = 1e3 / crate::bench_sentinel::clock_ticks()? as f64;
     let cpu_ms: Vec<f64> = busy
         .iter()
         .map(|&t| t as f64 * tick_ms / CPU_RUNS as f64)
         .collect();
-    let bwrap_cpu = tools
-        .iter()
-        .position(|t| t.name.starts_with("bwrap"))
-        .map(|i| cpu_ms[i]);
+    let bwrap_cpu = bwrap.map(|i| cpu_ms[i]);
     let mut table = String::from(
         "| tool | median (ms) | p90 (ms) | ratio to bwrap | CPU per run (ms) | CPU ratio to bwrap |\n\
          |---|---:|---:|---:|---:|---:|\n",
