@@ -296,9 +296,10 @@ fn fork_bomb_contained_by_pids_max_and_killed() {
 }
 
 #[test]
-fn finish_takes_the_last_reading_on_the_caller_and_ends_the_watcher() {
-    // What calyx-run does at the payload's exit: the caller reads the usage itself while the
-    // watcher ends, and the usage still covers the whole run.
+fn finish_takes_the_last_reading_on_the_caller_and_closes_the_watcher() {
+    // What calyx-run does at the payload's exit: the caller reads the usage itself (through
+    // the files it opened while the payload ran) without waiting for the watcher, and the
+    // usage still covers the whole run; from then on the watcher sends nothing more.
     let scratch = Scratch::new("finish");
     let limits = LimitSpec {
         memory_max: Some(256 * MIB),
@@ -308,20 +309,41 @@ fn finish_takes_the_last_reading_on_the_caller_and_ends_the_watcher() {
     let payload =
         "import sys\nsys.stdin.readline()\na = b'\\x01' * (24 << 20)\nn = sum(range(3000000))\n";
     run.spawn_placed(&["python3", "-c", payload]);
-    let (tx, _rx) = mpsc::channel();
+    let (tx, rx) = mpsc::channel();
+    // A MONITORED sample every millisecond: a watcher still at work after `finish` would
+    // send more of them.
     let config = WatchConfig {
-        monitor_interval: None,
+        monitor_interval: Some(Duration::from_millis(1)),
         ..WatchConfig::default()
     };
-    let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
+    let mut sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
+    sentinel.open_usage_files();
     run.release();
     let status = run.wait(0, Duration::from_secs(20)).expect("payload ended");
     assert!(status.success(), "{status:?}");
-    let usage = sentinel.finish();
+    // Through descriptors kept open, a reading is the reading by path: the cgroup is idle
+    // now, and each read from the start regenerates the file.
+    let source = StatSource::of(&run.cg);
+    let kept = source.open_usage_files();
+    let by_path = source.read_usage().unwrap();
+    assert_eq!(source.read_usage_from(&kept).unwrap(), by_path);
+    assert!(by_path.memory_peak.unwrap() >= 24 * MIB, "{by_path:?}");
+    let (usage, ending) = sentinel.finish();
     eprintln!("usage {usage:?}");
     assert!(usage.memory_peak.unwrap() >= 24 * MIB, "{usage:?}");
     assert!(usage.pids_peak.unwrap() >= 1, "{usage:?}");
     assert!(usage.cpu_usec.unwrap() > 0, "{usage:?}");
+    let before: Vec<SentinelEvent> = rx.try_iter().collect();
+    assert!(
+        before
+            .iter()
+            .any(|e| matches!(e, SentinelEvent::Monitored { .. })),
+        "the watcher never sampled: {before:?}"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    ending.join();
+    let after: Vec<SentinelEvent> = rx.try_iter().collect();
+    assert!(after.is_empty(), "sent after finish: {after:?}");
 }
 
 #[test]

@@ -9,9 +9,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::SentinelError;
 use super::rules::{Decision, Evaluator};
-use super::stats::{Sample, StatSource};
+use super::stats::{Sample, StatSource, UsageFiles};
 use super::thresholds::{self, MemThresholds};
 use crate::cgroup::{CgroupError, FreezeMethod, KillMethod, RunCgroup};
 use crate::lease::model::{HaltAction, HaltMetric, HaltRule};
@@ -203,8 +203,49 @@ pub struct Sentinel {
     thread: JoinHandle<Usage>,
     /// Where the run's statistics are, for a last reading taken by [`Sentinel::finish`].
     source: StatSource,
-    /// Set by [`Sentinel::finish`]: the caller takes the last reading, the watcher does not.
-    reading_here: Arc<AtomicBool>,
+    /// Closed by [`Sentinel::finish`], which then takes the usage the watcher saw and the
+    /// last reading itself, without waiting for the watcher's end.
+    gate: Arc<Mutex<Gate>>,
+    /// The last reading's files, opened ahead by [`Sentinel::open_usage_files`].
+    usage_files: Option<UsageFiles>,
+}
+
+/// What the watcher shares with [`Sentinel::finish`]. The watcher holds the lock for each
+/// round of work (a reading, the rules, their actions, the events they send) and ends at the
+/// first round that finds it closed; so once `finish` has closed it, every event the watcher
+/// will ever send is in the channel, and it acts on the cgroup no more.
+#[derive(Debug, Default)]
+struct Gate {
+    closed: bool,
+    /// Everything seen so far (the watcher's own account, updated each round).
+    usage: Usage,
+}
+
+/// The watcher thread of a finished sentinel, to be joined once the run no longer waits on
+/// it ([`Sentinel::finish`]). Dropping it joins it.
+#[derive(Debug)]
+pub struct Ending(Option<JoinHandle<Usage>>);
+
+impl Ending {
+    /// Waits for the watcher's end.
+    pub fn join(mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock(gate: &Mutex<Gate>) -> std::sync::MutexGuard<'_, Gate> {
+    gate.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Sentinel {
@@ -219,15 +260,31 @@ impl Sentinel {
     /// record this saves the hand-off through the watcher's thread (waking it, then being
     /// woken by its end), each wake-up from one of this machine's vCPUs to the other costing
     /// about 30 µs.
-    pub fn finish(self) -> Usage {
-        self.reading_here.store(true, Ordering::Release);
+    ///
+    /// The watcher is not waited for either: closing its gate ends its work (see [`Gate`]),
+    /// and the caller joins the returned [`Ending`] off the way to the closing record. Waiting
+    /// for the watcher to wake up and end cost as much as the reading (0.1 ms).
+    pub fn finish(self) -> (Usage, Ending) {
+        let mut usage = {
+            let mut gate = lock(&self.gate);
+            gate.closed = true;
+            gate.usage
+        };
         let _ = (&self.stop).write_all(b"x");
-        let last = self.source.read_usage();
-        let mut usage = self.thread.join().unwrap_or_default();
+        let last = match &self.usage_files {
+            Some(kept) => self.source.read_usage_from(kept),
+            None => self.source.read_usage(),
+        };
         if let Ok(s) = last {
             usage.update(&s);
         }
-        usage
+        (usage, Ending(Some(self.thread)))
+    }
+
+    /// Opens the files of the last reading that [`Sentinel::finish`] takes, so that it only
+    /// reads them: called while the payload runs, when the caller has nothing else to do.
+    pub fn open_usage_files(&mut self) {
+        self.usage_files = Some(self.source.open_usage_files());
     }
 
     /// Stop the watcher promptly and return the run's usage (its last reading included).
@@ -284,20 +341,20 @@ pub fn start(
     tx: Sender<SentinelEvent>,
 ) -> Result<Sentinel, SentinelError> {
     let source = StatSource::of(&cgroup);
-    let reading_here = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(Mutex::new(Gate::default()));
     let (stop, stop_peer) = UnixStream::pair().map_err(|source| SentinelError::Setup {
         op: "socketpair",
         path: PathBuf::new(),
         source,
     })?;
-    let (watched, skip) = (source.clone(), Arc::clone(&reading_here));
+    let (watched, shared) = (source.clone(), Arc::clone(&gate));
     let thread = std::thread::Builder::new()
         .name("calyx:sentinel".into())
         .spawn(move || {
-            let mut usage = watch_loop(&cgroup, &watched, &config, &tx, &stop_peer);
+            let mut usage = watch_loop(&cgroup, &watched, &config, &tx, &stop_peer, &shared);
             // A last reading so usage includes the final moments of the run, unless the
             // caller takes it (usage figures only: it is on the way to the closing record).
-            if !skip.load(Ordering::Acquire) {
+            if !lock(&shared).closed {
                 if let Ok(s) = watched.read_usage() {
                     usage.update(&s);
                 }
@@ -313,7 +370,8 @@ pub fn start(
         stop,
         thread,
         source,
-        reading_here,
+        gate,
+        usage_files: None,
     })
 }
 
@@ -380,6 +438,7 @@ fn watch_loop(
     config: &WatchConfig,
     tx: &Sender<SentinelEvent>,
     stop: &UnixStream,
+    gate: &Mutex<Gate>,
 ) -> Usage {
     let start = Instant::now();
     // The event sources are made only once the run has lived a while: closing an inotify
@@ -418,6 +477,10 @@ fn watch_loop(
             wake = wake.min(start + Duration::from_millis(d));
         }
         if events.is_none() && now.duration_since(start) >= EVENT_SOURCES_AFTER {
+            // Under the gate: opening them may report a degraded source.
+            if lock(gate).closed {
+                break;
+            }
             events = Some(EventSources::open(source, config, tx));
         }
         let mut fds = vec![(stop.as_fd(), Interest::Readable)];
@@ -439,6 +502,9 @@ fn watch_loop(
         let ready = match cgroup_sys::poll_fds(&fds, wake.saturating_duration_since(now)) {
             Ok(r) => r,
             Err(source) => {
+                if lock(gate).closed {
+                    break;
+                }
                 let _ = tx.send(SentinelEvent::Degraded {
                     what: "poll",
                     path: PathBuf::new(),
@@ -448,6 +514,11 @@ fn watch_loop(
                 vec![cgroup_sys::Ready::default(); fds.len()]
             }
         };
+        // The rest of the round under the gate (see `Gate`).
+        let mut shared = lock(gate);
+        if shared.closed {
+            break;
+        }
         let state = |i: usize| ready.get(i).copied().unwrap_or_default();
         // Data or EOF on the stop socket: the runner is done (or dropped the handle).
         if state(0).event || state(0).failed {
@@ -502,6 +573,7 @@ fn watch_loop(
             .as_ref()
             .map(|c| c.load(Ordering::Relaxed));
         usage.update(&sample);
+        shared.usage = usage;
         let at_ms = ms(start.elapsed());
         if !killed {
             let decisions = evaluator.observe(at_ms, &sample);

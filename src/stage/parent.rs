@@ -13,7 +13,7 @@ use crate::cgroup::RunCgroup;
 use crate::exit;
 use crate::lease::model::HaltAction;
 use crate::plan::IdMap;
-use crate::sentinel::watch::{self, Applied, SentinelEvent, WatchConfig};
+use crate::sentinel::watch::{self, Applied, Ending, SentinelEvent, WatchConfig};
 use crate::stage::channel::{self, LandlockLevel, Msg};
 use crate::stage::init::{self, InitContext};
 use crate::stage::resources::HaltInfo;
@@ -314,7 +314,7 @@ pub fn run(
     // only after the clone: before a fork-style clone they would leave the child with locks
     // held by threads it does not have.)
     let (tx, rx) = mpsc::channel();
-    let sentinel = match watched.filter(|_| ready.is_ok()) {
+    let mut sentinel = match watched.filter(|_| ready.is_ok()) {
         None => None,
         Some(w) => {
             let config = WatchConfig {
@@ -338,6 +338,10 @@ pub fn run(
                 crate::timeline::mark("payload released (Start sent)");
                 report.started = true;
                 hooks.started();
+                // While the payload runs: its exit then costs only reading these.
+                if let Some(s) = sentinel.as_mut() {
+                    s.open_usage_files();
+                }
             }
             Err(e) => report.error = Some(format!("starting the payload: {e}")),
         },
@@ -518,7 +522,14 @@ pub fn run(
     }
     // Stage 15: stop the sentinel (its last reading completes the usage) and record what it
     // saw last; `cleanup` then kills whatever is left and removes the cgroup.
-    let cg_usage = sentinel.map(|s| if early { s.finish() } else { s.stop() });
+    let (cg_usage, watcher) = match sentinel {
+        Some(s) if early => {
+            let (usage, ending) = s.finish();
+            (Some(usage), Some(ending))
+        }
+        Some(s) => (Some(s.stop()), None),
+        None => (None, None),
+    };
     crate::timeline::mark("sentinel stopped (last reading)");
     while let Ok(ev) = rx.try_recv() {
         halted |= note_event(&mut report, &ev);
@@ -566,7 +577,7 @@ pub fn run(
     // the sync of the closing audit record. The caller waits for both (and the sweep) before
     // exiting.
     let unreaped = early.then_some((pid, pidfd));
-    *teardown = Teardown::start(cleanup.0.take(), sweeper, unreaped);
+    *teardown = Teardown::start(cleanup.0.take(), sweeper, unreaped, watcher);
     report
 }
 
@@ -583,11 +594,17 @@ impl Teardown {
         cgroup: Option<Arc<RunCgroup>>,
         sweeper: Option<std::thread::JoinHandle<()>>,
         unreaped: Option<(libc::pid_t, std::os::fd::OwnedFd)>,
+        watcher: Option<Ending>,
     ) -> Self {
-        if cgroup.is_none() && sweeper.is_none() && unreaped.is_none() {
+        if cgroup.is_none() && sweeper.is_none() && unreaped.is_none() && watcher.is_none() {
             return Self(None);
         }
         let work: TeardownWork = Box::new(move || {
+            // The sentinel's watcher, finished at the payload's exit: it acts no more, and it
+            // is gone before its cgroup is.
+            if let Some(w) = watcher {
+                w.join();
+            }
             if let Some((pid, pidfd)) = unreaped {
                 // init ends on its own once the payload is gone (and the kernel empties its
                 // pid namespace before init's exit completes). One still there after the
@@ -805,7 +822,7 @@ mod tests {
         let pidfd = sproc::pidfd_open(pid).unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            Teardown::start(None, None, Some((pid, pidfd))).wait();
+            Teardown::start(None, None, Some((pid, pidfd)), None).wait();
             let _ = tx.send(());
         });
         rx.recv_timeout(KILL_GRACE + Duration::from_secs(30))
