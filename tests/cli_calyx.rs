@@ -498,3 +498,74 @@ fn show_lists_grants_cosigners_and_risks() {
     assert_eq!(json["verification"]["ok"], false);
     assert_eq!(json["lease"]["intent_id"], "INT-42");
 }
+
+/// Runs calyx in the fixture with standard output sent to `stdout`.
+fn calyx_to(f: &Fixture, args: &[&str], stdout: std::process::Stdio) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_calyx"))
+        .current_dir(f.path(""))
+        .args(args)
+        .env("HOME", f.path(""))
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("CALYX_TRUST")
+        .env("CALYX_STATE_DIR", f.path("state"))
+        .stdout(stdout)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_reader_that_went_away_costs_the_output_not_the_command() {
+    // `calyx … | head -1`: once the reader is gone, writing to standard output fails (EPIPE).
+    // `println!` panicked there, after the command had done its work: abort (134), or 101.
+    let f = Fixture::new();
+    f.issue("l.json", &[]);
+    f.sign_both("l.json");
+    let gone = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        std::process::Stdio::from(writer)
+    };
+    // A command that changes something: it is done, and says nothing about the reader.
+    let out = calyx_to(&f, &["key", "gen", "--out", "k3.key"], gone());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(f.path("k3.key").exists() && f.path("k3.key.pub").exists());
+    // A command whose answer is its exit code keeps it.
+    let out = calyx_to(
+        &f,
+        &["lease", "verify", "l.json", "--trust", "trust.toml"],
+        gone(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = calyx_to(
+        &f,
+        &["lease", "verify", "nope.json", "--trust", "trust.toml"],
+        gone(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(77),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Any other write error (a full disk) is reported, and fails a command that otherwise
+    // succeeded; what it wrote to disk stays.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = calyx_to(&f, &["key", "gen", "--out", "k4.key"], full.into());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("writing to standard output: No space left on device"),
+        "{err}"
+    );
+    assert!(f.path("k4.key").exists());
+}

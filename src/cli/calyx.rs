@@ -223,24 +223,30 @@ impl CliError {
 
 /// Runs one parsed command; errors go to stderr prefixed `calyx: `.
 pub fn run(cli: Cli) -> ExitCode {
+    // An output that could not be written (other than to a reader that left) fails a
+    // command that otherwise succeeded (see `out`).
+    ExitCode::from(super::out::exit_code(run_command(cli)))
+}
+
+fn run_command(cli: Cli) -> u8 {
     // doctor has its own exit codes (125 when a required layer is missing).
     if let Command::Doctor { json, profile } = &cli.command {
-        return ExitCode::from(super::doctor::run(*json, profile));
+        return super::doctor::run(*json, profile);
     }
     if let Command::Artifact(c) = &cli.command {
-        return ExitCode::from(super::calyx_artifact::run(c));
+        return super::calyx_artifact::run(c);
     }
     if let Command::Receipt(c) = &cli.command {
-        return ExitCode::from(super::calyx_receipt::run(c));
+        return super::calyx_receipt::run(c);
     }
     if let Command::Audit(cmd) = cli.command {
-        return ExitCode::from(super::calyx_audit::run(cmd));
+        return super::calyx_audit::run(cmd);
     }
     match dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("calyx: {e}");
-            ExitCode::from(e.exit_code())
+            e.exit_code()
         }
     }
 }
@@ -283,8 +289,8 @@ fn trust_path(flag: Option<PathBuf>, uid: u32) -> PathBuf {
 fn key_gen(out: &Path, id: Option<&str>) -> Result<(), CliError> {
     let generated = keys::generate(out)?;
     match id {
-        Some(id) => println!("{} {id}", generated.keyid),
-        None => println!("{}", generated.keyid),
+        Some(id) => crate::outln!("{} {id}", generated.keyid),
+        None => crate::outln!("{}", generated.keyid),
     }
     eprintln!(
         "calyx: wrote {} (private, 0600) and {}",
@@ -314,12 +320,12 @@ fn trust_add(policy: &Path, public: &Path, id: &str, role: RoleArg) -> Result<()
     updated.write(policy)?;
     let keyid = keys::keyid(&key);
     if created {
-        println!(
+        crate::outln!(
             "created {} (requires 1 human + 1 agent signature); added {id} ({role}) {keyid}",
             policy.display()
         );
     } else {
-        println!("added {id} ({role}) {keyid} to {}", policy.display());
+        crate::outln!("added {id} ({role}) {keyid} to {}", policy.display());
     }
     Ok(())
 }
@@ -354,7 +360,7 @@ fn lease_issue(args: &IssueArgs) -> Result<(), CliError> {
         });
     }
     write_lease(&args.out, &envelope)?;
-    println!("{}", lease.lease_id);
+    crate::outln!("{}", lease.lease_id);
     eprintln!(
         "calyx: wrote unsigned lease {} valid {} from {}; cosign with `calyx lease sign {} --key KEY`",
         args.out.display(),
@@ -402,14 +408,14 @@ fn lease_sign(file: &Path, key: &Path) -> Result<(), CliError> {
     let mut envelope = read_envelope(file)?;
     match envelope.sign(&signing).map_err(VerifyError::from)? {
         SignOutcome::AlreadySigned { keyid } => {
-            println!(
+            crate::outln!(
                 "{} is already signed by key {keyid}; nothing changed",
                 file.display()
             );
         }
         SignOutcome::Added { keyid } => {
             write_lease(file, &envelope)?;
-            println!(
+            crate::outln!(
                 "signed {} with key {keyid} ({} signature{})",
                 file.display(),
                 envelope.signatures.len(),
@@ -455,7 +461,7 @@ fn lease_verify(
                 Ok(file) => format!("ledger {}", file.display()),
                 Err(dir) => format!("no ledger in {}", dir.display()),
             };
-            println!(
+            crate::outln!(
                 "OK {} for intent {}: signed by {}; expires in {}; {} of {} use(s) taken ({whose})",
                 v.lease.lease_id,
                 v.lease.intent_id,
@@ -471,7 +477,7 @@ fn lease_verify(
                 .iter()
                 .map(|s| serde_json::json!({"id": s.id, "keyid": s.keyid, "role": s.role}))
                 .collect();
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::json!({
                     "ok": true,
@@ -488,7 +494,7 @@ fn lease_verify(
                 })
             );
         }
-        (Err(e), true) => println!(
+        (Err(e), true) => crate::outln!(
             "{}",
             serde_json::json!({"ok": false, "reason": e.to_string(), "exit_code": e.exit_code()})
         ),
@@ -529,9 +535,9 @@ fn lease_show(file: &Path, trust: Option<PathBuf>, json: bool) -> Result<(), Cli
     };
     let report = calyx_show::build_report(&raw, policy.as_ref(), &policy_path, &ctx)?;
     if json {
-        println!("{}", calyx_show::report_json(&report));
+        crate::outln!("{}", calyx_show::report_json(&report));
     } else {
-        print!("{}", calyx_show::report_text(&report, &ctx));
+        crate::out!("{}", calyx_show::report_text(&report, &ctx));
     }
     Ok(())
 }

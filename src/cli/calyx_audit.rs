@@ -98,9 +98,9 @@ fn verify_cmd(log: &Path, as_json: bool, opts: Options) -> u8 {
     if as_json {
         let mut v = json!(report);
         v["intact"] = json!(report.intact());
-        println!("{v}");
+        crate::outln!("{v}");
     } else {
-        print!("{}", human_report(&report));
+        crate::out!("{}", human_report(&report));
     }
     if report.intact() { 0 } else { BROKEN }
 }

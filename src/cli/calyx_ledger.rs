@@ -129,9 +129,12 @@ pub fn revoke(args: &RevokeArgs) -> Result<(), LedgerCliError> {
     )?;
     let r = match revoked {
         Revoked::Already(r) => {
-            println!(
+            crate::outln!(
                 "lease {} was already revoked at {} by {}: {}",
-                target.lease_id, r.at, r.by, r.reason
+                target.lease_id,
+                r.at,
+                r.by,
+                r.reason
             );
             return Ok(());
         }
@@ -154,9 +157,12 @@ pub fn revoke(args: &RevokeArgs) -> Result<(), LedgerCliError> {
                 .map(|_| ())
         })
         .map_err(|source| LedgerCliError::Audit { source })?;
-    println!(
+    crate::outln!(
         "revoked {} at {} by {}: {}",
-        target.lease_id, r.at, r.by, r.reason
+        target.lease_id,
+        r.at,
+        r.by,
+        r.reason
     );
     Ok(())
 }
@@ -171,14 +177,14 @@ pub fn list(args: &ListArgs) -> Result<(), LedgerCliError> {
         None => Vec::new(),
     };
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".to_owned())
         );
     } else if rows.is_empty() {
-        println!("no leases in the ledger of {}", loc.state_dir.display());
+        crate::outln!("no leases in the ledger of {}", loc.state_dir.display());
     } else {
-        print!("{}", table(&rows));
+        crate::out!("{}", table(&rows));
     }
     Ok(())
 }

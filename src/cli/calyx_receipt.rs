@@ -73,16 +73,16 @@ pub fn run(cmd: &ReceiptCommand) -> u8 {
         .and_then(|key| Ok((receipt::verify_file(file, &key)?, keys::keyid(&key))));
     match (checked, *json) {
         (Ok((r, keyid)), false) => {
-            print!("{}", summary(&r, &keyid));
+            crate::out!("{}", summary(&r, &keyid));
             0
         }
         (Ok((r, keyid)), true) => {
-            println!("{}", json!({"valid": true, "keyid": keyid, "receipt": r}));
+            crate::outln!("{}", json!({"valid": true, "keyid": keyid, "receipt": r}));
             0
         }
         (Err(e), json) => {
             if json {
-                println!("{}", json!({"valid": false, "reason": e.to_string()}));
+                crate::outln!("{}", json!({"valid": false, "reason": e.to_string()}));
             }
             eprintln!("calyx: {}: {e}", file.display());
             e.exit_code()
@@ -164,9 +164,10 @@ fn get(run_id: &str, log: &Path, out: Option<&Path>) -> Result<(), String> {
         ));
     };
     match out {
-        None => io::stdout()
-            .write_all(text.as_bytes())
-            .map_err(|e| format!("writing to stdout: {e}")),
+        None => {
+            crate::out!("{text}");
+            Ok(())
+        }
         Some(path) => std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

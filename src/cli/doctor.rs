@@ -318,12 +318,12 @@ pub fn run(json: bool, profile: &str) -> u8 {
     checks.extend(cgroup_checks(Path::new("/"), uid, gid));
     let report = assemble(uid, &p.name, &p.layers, checks);
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        print!("{}", render(&report));
+        crate::out!("{}", render(&report));
     }
     if report.ok { 0 } else { exit::SETUP_FAILED }
 }

@@ -9,6 +9,7 @@ pub mod calyx_receipt;
 mod calyx_show;
 mod calyx_split;
 pub mod doctor;
+pub mod out;
 pub mod result;
 pub mod run;
 mod run_outputs;
