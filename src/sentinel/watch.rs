@@ -478,10 +478,12 @@ fn watch_loop(
         }
         if events.is_none() && now.duration_since(start) >= EVENT_SOURCES_AFTER {
             // Under the gate: opening them may report a degraded source.
-            if lock(gate).closed {
+            let shared = lock(gate);
+            if shared.closed {
                 break;
             }
             events = Some(EventSources::open(source, config, tx));
+            drop(shared);
         }
         let mut fds = vec![(stop.as_fd(), Interest::Readable)];
         let (mut inotify_at, mut psi_at, mut threshold_at) = (None, None, None);
@@ -502,7 +504,8 @@ fn watch_loop(
         let ready = match cgroup_sys::poll_fds(&fds, wake.saturating_duration_since(now)) {
             Ok(r) => r,
             Err(source) => {
-                if lock(gate).closed {
+                let shared = lock(gate);
+                if shared.closed {
                     break;
                 }
                 let _ = tx.send(SentinelEvent::Degraded {
@@ -510,6 +513,7 @@ fn watch_loop(
                     path: PathBuf::new(),
                     source,
                 });
+                drop(shared);
                 std::thread::sleep(config.rule_interval);
                 vec![cgroup_sys::Ready::default(); fds.len()]
             }
