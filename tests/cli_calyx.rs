@@ -532,28 +532,15 @@ fn a_reader_that_went_away_costs_the_output_not_the_command() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(f.path("k3.key").exists() && f.path("k3.key.pub").exists());
     // A command whose answer is its exit code keeps it.
-    let out = calyx_to(
-        &f,
-        &["lease", "verify", "l.json", "--trust", "trust.toml"],
-        gone(),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = calyx_to(
-        &f,
-        &["lease", "verify", "nope.json", "--trust", "trust.toml"],
-        gone(),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(77),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (lease, code) in [("l.json", 0), ("nope.json", 77)] {
+        let out = calyx_to(
+            &f,
+            &["lease", "verify", lease, "--trust", "trust.toml"],
+            gone(),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{lease}: {err}");
+    }
     // Any other write error (a full disk) is reported, and fails a command that otherwise
     // succeeded; what it wrote to disk stays.
     let full = std::fs::OpenOptions::new()
