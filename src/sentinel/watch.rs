@@ -446,7 +446,6 @@ fn watch_loop(
     // double the cost of every short run, and until then the rule tick samples anyway.
     let mut events: Option<EventSources> = None;
     let mut evaluator = Evaluator::new(config.rules.clone());
-    let mut usage = Usage::default();
     let mut killed = false;
     let rules_active = !config.rules.is_empty();
     let mut next_monitor = config.monitor_interval.map(|i| start + i);
@@ -576,8 +575,7 @@ fn watch_loop(
             .output_bytes
             .as_ref()
             .map(|c| c.load(Ordering::Relaxed));
-        usage.update(&sample);
-        shared.usage = usage;
+        shared.usage.update(&sample);
         let at_ms = ms(start.elapsed());
         if !killed {
             let decisions = evaluator.observe(at_ms, &sample);
@@ -617,7 +615,7 @@ fn watch_loop(
             next_monitor = config.monitor_interval.map(|i| m + i);
         }
     }
-    usage
+    lock(gate).usage
 }
 
 /// Read the run's usage once (when no sentinel ran).
