@@ -1,10 +1,8 @@
 //! Syscalls the cgroup module and the sentinel need that std does not offer: credentials,
 //! the page size, SIGKILL by pid, inotify and poll.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -66,8 +64,7 @@ impl Inotify {
 
     /// Watch `path` for modification (cgroup `*.events` files signal changes this way).
     pub fn watch_modify(&self, path: &Path) -> io::Result<()> {
-        let c_path = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let c_path = super::c_path(path)?;
         // SAFETY: the fd is a live inotify fd and c_path is a NUL-terminated string that
         // outlives the call.
         let wd = unsafe {

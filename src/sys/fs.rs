@@ -292,9 +292,7 @@ pub fn open_write_at(dir: BorrowedFd<'_>, path: &CStr) -> io::Result<std::os::fd
 /// would be opened for reading instead.
 pub fn open_o_path(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c_path = super::c_path(path)?;
     // SAFETY: `c_path` is NUL-terminated and outlives the call.
     let fd = check_int(unsafe { libc::open(c_path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) })?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.

@@ -18,6 +18,14 @@ pub mod signal;
 
 use std::io;
 
+/// `path` as the NUL-terminated string a system call takes; a path holding a NUL byte is
+/// EINVAL, as the kernel would say of it.
+pub(crate) fn c_path(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
 /// Turns a `-1`-on-error return value into `io::Result`, reading errno at once.
 pub(crate) fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret == -1 {
