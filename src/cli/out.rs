@@ -19,14 +19,21 @@ const FAILED: u8 = 2;
 
 static STATE: AtomicU8 = AtomicU8::new(OPEN);
 
+/// Writes `args` to standard output and flushes it, returning the error that `print!` would
+/// have panicked on (EPIPE, with SIGPIPE ignored, when the reader went away). calyx-run's
+/// result and plan use it directly, with their own rules; `calyx` goes through [`write`].
+pub fn try_write(args: fmt::Arguments<'_>) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    stdout.write_fmt(args).and_then(|()| stdout.flush())
+}
+
 /// Writes `args` to standard output and flushes it; after a failed write, nothing more is
 /// written. Use [`outln!`](crate::outln) and [`out!`](crate::out).
 pub fn write(args: fmt::Arguments<'_>) {
     if STATE.load(Ordering::Relaxed) != OPEN {
         return;
     }
-    let mut stdout = io::stdout().lock();
-    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+    if let Err(e) = try_write(args) {
         if e.kind() == io::ErrorKind::BrokenPipe {
             STATE.store(READER_GONE, Ordering::Relaxed);
         } else {

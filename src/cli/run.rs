@@ -25,6 +25,7 @@ use crate::stage::parent::{self, Outcome, RunReport};
 use crate::stage::resources;
 use crate::sys;
 
+use super::out;
 use super::result::{Enforcement, RunResult};
 use super::run_outputs::{self, ReceiptInputs};
 
@@ -715,9 +716,9 @@ fn print_plan(args: &Args, lease: &Lease, plan: &Plan) -> std::io::Result<()> {
             &json!({"lease_id": lease.lease_id, "intent_id": lease.intent_id, "plan": plan}),
         )
         .unwrap_or_default();
-        return write_stdout(&format!("{text}\n"));
+        return out::try_write(format_args!("{text}\n"));
     }
-    write_stdout(&super::result::human_plan(lease, plan))
+    out::try_write(format_args!("{}", super::result::human_plan(lease, plan)))
 }
 
 /// The run's JSON result to standard output (`--json`) and to `--result FILE`. A reader that
@@ -727,7 +728,7 @@ fn print_plan(args: &Args, lease: &Lease, plan: &Plan) -> std::io::Result<()> {
 fn emit(args: &Args, result: &RunResult) {
     let text = serde_json::to_string(result).unwrap_or_default();
     if args.json && !args.dry_run {
-        if let Err(e) = write_stdout(&format!("{text}\n")) {
+        if let Err(e) = out::try_write(format_args!("{text}\n")) {
             eprintln!("calyx-run: writing the result to standard output: {e}");
         }
     }
@@ -736,15 +737,6 @@ fn emit(args: &Args, result: &RunResult) {
             eprintln!("calyx-run: writing result {}: {e}", path.display());
         }
     }
-}
-
-/// Writes `text` to standard output and flushes it; an error (EPIPE with SIGPIPE ignored)
-/// is returned rather than panicking as `print!` would.
-fn write_stdout(text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()
 }
 
 fn new_run_id() -> String {
