@@ -117,14 +117,6 @@ fn nix_euid_is_root() -> bool {
         .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
 }
 
-fn sh_lease(f: &Fixture, name: &str, extra: Value) -> PathBuf {
-    f.lease(
-        name,
-        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
-        extra,
-    )
-}
-
 fn run_sh(f: &Fixture, who: As, lease: &Path, script: &str) -> (Output, Value) {
     let out = f.run(who, lease, &["--json"], &["/bin/sh", "-c", script]);
     let r: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap_or("{}"))
@@ -144,7 +136,7 @@ fn events(f: &Fixture, who: As) -> Vec<Value> {
 fn default_lease_as_root_gets_a_cgroup_and_reports_usage() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(&f, "default", json!({}));
+    let lease = f.sh_lease("default", json!({}));
     let (out, r) = run_sh(&f, As::Caller, &lease, "echo hi");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let cg = r["enforcement"]["cgroup"].as_str().unwrap();
@@ -173,7 +165,7 @@ fn default_lease_as_root_gets_a_cgroup_and_reports_usage() {
 fn default_lease_as_nobody_runs_and_says_why_there_is_no_cgroup() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(&f, "nobody", json!({}));
+    let lease = f.sh_lease("nobody", json!({}));
     let (out, r) = run_sh(&f, As::Nobody, &lease, "echo hi");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let cg = r["enforcement"]["cgroup"].as_str().unwrap();
@@ -201,7 +193,7 @@ fn nobody_with_lease_limits_is_refused_with_the_remedy() {
             json!({"limits": {"pids": 32}, "require": {"allow_rlimit_fallback": true}}),
         ),
     ] {
-        let lease = sh_lease(&f, name, extra);
+        let lease = f.sh_lease(name, extra);
         let (out, r) = run_sh(&f, As::Nobody, &lease, "echo should-not-run");
         assert_eq!(
             out.status.code(),
@@ -226,8 +218,7 @@ fn nobody_with_lease_limits_is_refused_with_the_remedy() {
 fn nobody_with_rlimit_fallback_runs_and_reports_it() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(
-        &f,
+    let lease = f.sh_lease(
         "fallback",
         json!({"limits": {"memory_bytes": 64 << 20, "cpu": 0.5, "timeout_secs": 20},
                "require": {"allow_rlimit_fallback": true}}),
@@ -247,8 +238,7 @@ fn nobody_with_rlimit_fallback_runs_and_reports_it() {
 fn memory_bomb_under_64m_is_halted_or_oom_killed_and_says_which() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(
-        &f,
+    let lease = f.sh_lease(
         "membomb",
         json!({"limits": {"memory_bytes": 64 << 20, "swap_bytes": 0, "timeout_secs": 60}}),
     );
@@ -323,8 +313,7 @@ fn memory_halt_rule_fires_before_the_oom_killer() {
 fn fork_bomb_under_32_pids_is_contained_and_ended() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(
-        &f,
+    let lease = f.sh_lease(
         "forkbomb",
         json!({"limits": {"pids": 32, "timeout_secs": 60}}),
     );
@@ -344,11 +333,7 @@ fn fork_bomb_under_32_pids_is_contained_and_ended() {
 fn half_a_core_spin_uses_about_half_a_core() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(
-        &f,
-        "cpu",
-        json!({"limits": {"cpu": 0.5, "timeout_secs": 30}}),
-    );
+    let lease = f.sh_lease("cpu", json!({"limits": {"cpu": 0.5, "timeout_secs": 30}}));
     // The shell spins until 2 s of wall time have passed.
     let script =
         "end=$(( $(date +%s%N) + 2000000000 )); while [ $(date +%s%N) -lt $end ]; do :; done";
@@ -372,9 +357,7 @@ fn half_a_core_spin_uses_about_half_a_core() {
 fn freeze_rule_leaves_the_run_frozen_until_thawed() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(
-        &f,
-        "freeze",
+    let lease = f.sh_lease("freeze",
         json!({"limits": {"pids": 100, "timeout_secs": 60},
                "halt": [{"metric": "pids_percent", "above": 3.5, "for_ms": 0, "action": "freeze"}]}),
     );
@@ -451,8 +434,7 @@ fn freeze_rule_leaves_the_run_frozen_until_thawed() {
 fn runner_sigkilled_mid_run_leaves_no_process_and_the_next_run_cleans_up() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(
-        &f,
+    let lease = f.sh_lease(
         "sigkill",
         json!({"limits": {"timeout_secs": 60}, "max_uses": 2}),
     );
@@ -519,7 +501,7 @@ fn runner_sigkilled_mid_run_leaves_no_process_and_the_next_run_cleans_up() {
 fn monitored_samples_follow_the_configured_interval() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(&f, "monitor", json!({"max_uses": 2}));
+    let lease = f.sh_lease("monitor", json!({"max_uses": 2}));
     // One sample per 500 ms of the run: about 4 for `sleep 2.2` on a host, more when emulation
     // stretches the run; never one per rule tick (25 ms).
     let out = f.run(
@@ -572,9 +554,7 @@ fn monitored_samples_follow_the_configured_interval() {
 fn timeout_ends_a_frozen_run_through_the_cgroup() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(
-        &f,
-        "frozen-timeout",
+    let lease = f.sh_lease("frozen-timeout",
         json!({"limits": {"pids": 100, "timeout_secs": 2},
                "halt": [{"metric": "pids_percent", "above": 2.5, "for_ms": 0, "action": "freeze"}]}),
     );
@@ -592,7 +572,7 @@ fn timeout_ends_a_frozen_run_through_the_cgroup() {
 fn a_limit_the_cgroup_cannot_hold_refuses_the_run_as_root() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(&f, "tiny", json!({"limits": {"memory_bytes": 100}}));
+    let lease = f.sh_lease("tiny", json!({"limits": {"memory_bytes": 100}}));
     let (out, r) = run_sh(&f, As::Caller, &lease, "echo should-not-run");
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     assert!(!text(&out.stdout).lines().any(|l| l == "should-not-run"));
@@ -608,8 +588,7 @@ fn a_limit_the_cgroup_cannot_hold_refuses_the_run_as_root() {
 fn warn_rule_is_an_event_only_and_output_caps_are_refused() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(
-        &f,
+    let lease = f.sh_lease(
         "warn",
         json!({"limits": {"pids": 100},
                "halt": [{"metric": "pids_percent", "above": 2.5, "for_ms": 0, "action": "warn"}]}),
@@ -631,7 +610,7 @@ fn warn_rule_is_an_event_only_and_output_caps_are_refused() {
     assert_eq!(warned[0]["warning"]["rule"]["metric"], "pids_percent");
 
     // Output is passed through uncounted: a lease that caps it is refused, not trusted.
-    let lease = sh_lease(&f, "outcap", json!({"limits": {"output_bytes": 10}}));
+    let lease = f.sh_lease("outcap", json!({"limits": {"output_bytes": 10}}));
     let (out, r) = run_sh(&f, As::Caller, &lease, "echo should-not-run");
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     assert!(r["error"].as_str().unwrap().contains("output"), "{r}");
@@ -641,7 +620,7 @@ fn warn_rule_is_an_event_only_and_output_caps_are_refused() {
 fn a_cgroup_parent_that_does_not_exist_is_refused() {
     assert_hybrid_host();
     let f = Fixture::new();
-    let lease = sh_lease(&f, "parent", json!({}));
+    let lease = f.sh_lease("parent", json!({}));
     let out = f.run(
         As::Caller,
         &lease,

@@ -52,11 +52,7 @@ fn echo_hello_exits_zero_and_prints() {
 #[test]
 fn exit_codes_pass_through_and_signals_map_to_128_plus_n() {
     let f = Fixture::new();
-    let lease = f.lease(
-        "sh",
-        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
-        json!({}),
-    );
+    let lease = f.sh_lease("sh", json!({}));
     for who in users() {
         for (script, code) in [
             ("exit 0", 0),
@@ -78,11 +74,7 @@ fn exit_codes_pass_through_and_signals_map_to_128_plus_n() {
 #[test]
 fn timeout_kills_the_whole_tree_and_exits_124() {
     let f = Fixture::new();
-    let lease = f.lease(
-        "sleep",
-        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
-        json!({"limits": {"timeout_secs": 1}}),
-    );
+    let lease = f.sh_lease("sleep", json!({"limits": {"timeout_secs": 1}}));
     for who in users() {
         let t = Instant::now();
         // The payload ignores SIGTERM and leaves a background child: only the SIGKILL of the
@@ -118,11 +110,7 @@ fn dry_run_prints_the_plan_and_runs_nothing() {
     let grant = f.path("grant");
     std::fs::create_dir(&grant).unwrap();
     std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let lease = f.lease(
-        "dry",
-        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
-        json!({"paths": {"write": [grant]}}),
-    );
+    let lease = f.sh_lease("dry", json!({"paths": {"write": [grant]}}));
     let marker = grant.join("ran");
     for who in users() {
         let out = f.run(
@@ -325,11 +313,7 @@ fn interrupt_reaches_the_payload_group() {
     let grant = f.path("int");
     std::fs::create_dir(&grant).unwrap();
     std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let lease = f.lease(
-        "int",
-        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
-        json!({"paths": {"write": [grant]}}),
-    );
+    let lease = f.sh_lease("int", json!({"paths": {"write": [grant]}}));
     for who in users() {
         let marker = grant.join(format!("{who:?}"));
         // sh waits for sleep: a SIGINT aimed at sh alone would be held until sleep ends.
@@ -389,11 +373,7 @@ fn caller_ignoring_sigchld_still_gets_the_exit_status() {
     // Regression: with SIGCHLD ignored by the caller (inherited), the kernel auto-reaped the
     // payload, init never saw its status, and the run ended as a timeout.
     let f = Fixture::new();
-    let lease = f.lease(
-        "sigign",
-        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
-        json!({"limits": {"timeout_secs": 20}}),
-    );
+    let lease = f.sh_lease("sigign", json!({"limits": {"timeout_secs": 20}}));
     let result = f.path("result.json");
     let bin = env!("CARGO_BIN_EXE_calyx-run");
     let wrapper = "import os, signal, sys\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nos.execv(sys.argv[1], sys.argv[1:])";
@@ -480,11 +460,7 @@ fn a_json_reader_that_went_away_costs_the_output_not_the_exit_code() {
     // more. The run is over and audited; its exit code must stay the payload's, with the
     // write error on stderr (it used to be a panic: abort, or 101).
     let f = Fixture::new();
-    let lease = f.lease(
-        "gone",
-        json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
-        json!({}),
-    );
+    let lease = f.sh_lease("gone", json!({}));
     for who in users() {
         let run = |args: &[&str]| {
             // A pipe whose reader is gone before calyx-run starts.

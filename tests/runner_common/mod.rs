@@ -70,6 +70,15 @@ impl Fixture {
         self.dir.path().join(rel)
     }
 
+    /// [`Fixture::lease`] allowing `/bin/sh -c` followed by anything.
+    pub fn sh_lease(&self, name: &str, extra: Value) -> PathBuf {
+        self.lease(
+            name,
+            serde_json::json!([{"path": "/bin/sh", "args": ["-c", "*"]}]),
+            extra,
+        )
+    }
+
     /// Writes a lease signed by one human and one agent. `extra` is merged into the payload.
     pub fn lease(&self, name: &str, commands: Value, extra: Value) -> PathBuf {
         let now = time::OffsetDateTime::now_utc();
