@@ -55,6 +55,13 @@ pub fn cap_ambient_clear_all() -> io::Result<()> {
     prctl_int(libc::PR_CAP_AMBIENT, sub, 0).map(|_| ())
 }
 
+/// Whether capability `cap` is in the calling thread's ambient set.
+pub fn cap_ambient_is_set(cap: u32) -> io::Result<bool> {
+    let sub = libc::c_ulong::try_from(libc::PR_CAP_AMBIENT_IS_SET)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    prctl_int(libc::PR_CAP_AMBIENT, sub, libc::c_ulong::from(cap)).map(|v| v == 1)
+}
+
 /// `struct __user_cap_header_struct` of <linux/capability.h>.
 #[repr(C)]
 struct CapHeader {
@@ -100,6 +107,38 @@ pub fn capset_clear_all() -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// The calling thread's (effective, permitted, inheritable) sets (capget v3).
+pub fn capget_self() -> io::Result<(u64, u64, u64)> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: version 3 tells the kernel to write exactly two `CapData` structs, which `data`
+    // holds; `header` is a valid, writable header. Both live on this stack frame until the
+    // call returns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            std::ptr::addr_of_mut!(header),
+            data.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let join = |low: u32, high: u32| u64::from(low) | (u64::from(high) << 32);
+    Ok((
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+        join(data[0].inheritable, data[1].inheritable),
+    ))
 }
 
 /// Sets one resource limit of the calling process (soft, hard).
