@@ -10,8 +10,9 @@
 //!
 //! The proof reads every set back through the kernel's calls (`capget`, and one
 //! `PR_CAPBSET_READ` and `PR_CAP_AMBIENT_IS_SET` per capability), the same account
-//! `/proc/thread-self/status` prints: reading and parsing that file took about 35 us of
-//! init's setup, these calls about 12.
+//! `/proc/thread-self/status` prints. With that file to parse, and `cap_last_cap` read for
+//! the number of capabilities, drop and proof took 0.147 ms of init's setup; with these
+//! calls, 0.080 ms (medians of 100 runs, interleaved).
 
 use crate::sys::proc_ctl;
 
