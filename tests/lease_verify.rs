@@ -410,3 +410,15 @@ fn duplicate_envelope_keys_are_refused() {
         "{msg}"
     );
 }
+
+#[test]
+fn this_host_is_known_by_its_hostname() {
+    // What uname(2) reports is what procfs holds, and a lease bound to it matches here.
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(calyx::sys::proc::hostname(), name.trim());
+    assert!(
+        calyx::lease::verify::local_host_ids()
+            .iter()
+            .any(|id| id == name.trim())
+    );
+}

@@ -141,9 +141,7 @@ pub fn revoke(args: &RevokeArgs) -> Result<(), LedgerCliError> {
         Revoked::Now(r) => r,
     };
     // The ledger first: it is what refuses the next run; the audit record explains it.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
+    let host = crate::sys::proc::hostname();
     let ids = RunIds {
         run_id: String::new(),
         lease_id: Some(target.lease_id.clone()),

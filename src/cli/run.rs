@@ -143,9 +143,7 @@ pub fn main(args: Args) -> u8 {
     if lookup("CALYX_AUDIT_LOG").is_some_and(|v| !v.is_empty()) && args.audit_log.is_none() {
         loc.audit_log = PathBuf::from(lookup("CALYX_AUDIT_LOG").unwrap_or_default());
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
+    let host = crate::sys::proc::hostname();
     let mut ids_audit = RunIds {
         run_id: new_run_id(),
         lease_id: None,

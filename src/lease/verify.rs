@@ -225,22 +225,13 @@ fn read_bounded(reader: impl Read) -> Result<Vec<u8>, Bounded> {
     Ok(raw)
 }
 
-/// This host's ids: the contents of `/etc/machine-id` and the hostname, where readable.
+/// This host's ids: the contents of `/etc/machine-id` (where readable) and the hostname.
 pub fn local_host_ids() -> Vec<String> {
-    host_ids_under(Path::new("/"))
-}
-
-/// [`local_host_ids`] with the filesystem root injected, for tests.
-pub fn host_ids_under(root: &Path) -> Vec<String> {
-    let mut ids = Vec::new();
-    // The hostname is read from procfs rather than gethostname(2) so no unsafe code is needed;
-    // both report the UTS namespace's name.
-    for file in ["etc/machine-id", "proc/sys/kernel/hostname"] {
-        if let Ok(text) = std::fs::read_to_string(root.join(file)) {
-            let id = text.trim();
-            if !id.is_empty() && !ids.iter().any(|x| x == id) {
-                ids.push(id.to_owned());
-            }
+    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let mut ids: Vec<String> = Vec::new();
+    for id in [machine_id.trim(), crate::sys::proc::hostname().trim()] {
+        if !id.is_empty() && !ids.iter().any(|x| x == id) {
+            ids.push(id.to_owned());
         }
     }
     ids
