@@ -378,9 +378,10 @@ struct Emitter<'a> {
     code: Vec<sock_filter>,
     /// (index of a jump instruction, the field that holds its offset, its target).
     fixups: Vec<(usize, Field, Target)>,
-    /// Where each label and verdict block starts.
-    placed: Vec<(Target, usize)>,
-    next_label: usize,
+    /// Where each label starts, by label number, once placed.
+    labels: Vec<Option<usize>>,
+    /// Where each verdict's block starts (a handful).
+    blocks: Vec<(Verdict, usize)>,
 }
 
 fn stmt(code: u16, k: u32) -> sock_filter {
@@ -404,8 +405,8 @@ impl<'a> Emitter<'a> {
             form,
             code: Vec::with_capacity(256),
             fixups: Vec::new(),
-            placed: Vec::new(),
-            next_label: 0,
+            labels: Vec::new(),
+            blocks: Vec::new(),
         }
     }
 
@@ -443,11 +444,14 @@ impl<'a> Emitter<'a> {
             }
         }
         for v in blocks {
-            self.placed.push((Target::Verdict(v), self.code.len()));
+            self.blocks.push((v, self.code.len()));
             self.block(v);
         }
         for (at, field, target) in std::mem::take(&mut self.fixups) {
-            let to = self.placed.iter().find(|(t, _)| *t == target)?.1;
+            let to = match target {
+                Target::Label(n) => (*self.labels.get(n)?)?,
+                Target::Verdict(v) => self.blocks.iter().find(|(b, _)| *b == v)?.1,
+            };
             let offset = to.checked_sub(at + 1)?;
             match field {
                 Field::Always => self.code[at].k = u32::try_from(offset).ok()?,
@@ -478,7 +482,7 @@ impl<'a> Emitter<'a> {
                 self.fixups.push((at, Field::False, to_left));
                 for (half, target) in [(left, to_left), (right, to_right)] {
                     if let Target::Label(_) = target {
-                        self.placed.push((target, self.code.len()));
+                        self.place(target);
                         self.search(half);
                     }
                 }
@@ -489,7 +493,7 @@ impl<'a> Emitter<'a> {
                 self.code.push(jump(JMP_JGE_K, pivot, 0, 1));
                 self.jump_to(stmt(JMP_JA, 0), Field::Always, to_right);
                 self.search(left);
-                self.placed.push((to_right, self.code.len()));
+                self.place(to_right);
                 self.search(right);
             }
         }
@@ -505,8 +509,18 @@ impl<'a> Emitter<'a> {
     }
 
     fn label(&mut self) -> Target {
-        self.next_label += 1;
-        Target::Label(self.next_label - 1)
+        self.labels.push(None);
+        Target::Label(self.labels.len() - 1)
+    }
+
+    /// The label `target` starts here.
+    fn place(&mut self, target: Target) {
+        let here = self.code.len();
+        if let Target::Label(n) = target {
+            if let Some(slot) = self.labels.get_mut(n) {
+                *slot = Some(here);
+            }
+        }
     }
 
     fn jump_to(&mut self, ins: sock_filter, field: Field, target: Target) {
