@@ -3,7 +3,6 @@
 //! The parsers read kernel files under a `&Path` root (`/` on a real host, a fixture directory
 //! in tests); [`probe`] adds the answers only a syscall can give (Landlock ABI, seccomp).
 
-use std::fs;
 use std::path::Path;
 
 use serde::Serialize;
@@ -59,7 +58,11 @@ pub const SECCOMP_REMEDY: &str =
     "boot a kernel built with CONFIG_SECCOMP=y and CONFIG_SECCOMP_FILTER=y";
 
 fn read_int(root: &Path, rel: &str) -> Option<i64> {
-    fs::read_to_string(root.join(rel)).ok()?.trim().parse().ok()
+    crate::sys::fs::read_kernel_text(&root.join(rel))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Decides from the sysctl files under `root` whether a user with effective uid `euid` can
@@ -132,7 +135,23 @@ pub fn probe(euid: u32) -> HostFeatures {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use std::fs;
+
     use super::*;
+
+    #[test]
+    fn kernel_files_are_read_whole() {
+        let std_text = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let text = crate::sys::fs::read_kernel_text(std::path::Path::new("/proc/self/cgroup"));
+        assert_eq!(text.unwrap(), std_text);
+        // Past the first buffer: the read goes on to the end.
+        let dir = tempfile::tempdir().unwrap();
+        let big = "0123456789abcdef\n".repeat(1000);
+        fs::write(dir.path().join("big"), &big).unwrap();
+        let text = crate::sys::fs::read_kernel_text(&dir.path().join("big")).unwrap();
+        assert_eq!(text, big);
+        assert!(crate::sys::fs::read_kernel_text(&dir.path().join("absent")).is_err());
+    }
 
     fn fixture(files: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -251,7 +251,7 @@ pub enum CgroupError {
 
 /// Read a cgroup file whole, trimmed of its trailing newline.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path)
+    crate::sys::fs::read_kernel_text(path)
         .map(|s| s.trim_end().to_owned())
         .map_err(|source| CgroupError::Read {
             path: path.to_owned(),

@@ -7,6 +7,19 @@ use std::ptr;
 
 use super::{check, check_int};
 
+/// The whole text of a file the kernel generates (procfs, sysfs, cgroupfs). These report a
+/// size of 0, so `std::fs::read_to_string` asks for the size (`statx`, `lseek`) and then reads
+/// through a buffer that starts at 32 bytes and doubles: eight reads for this host's
+/// mountinfo. Here one buffer fits such a file in one read, plus the read that sees its end.
+pub fn read_kernel_text(path: &std::path::Path) -> io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::with_capacity(4096);
+    // Through `Take`, whose reads are not sized from the file's metadata.
+    file.take(u64::MAX).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// `struct mount_attr` of `mount_setattr(2)`.
 #[repr(C)]
 struct MountAttr {
