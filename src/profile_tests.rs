@@ -275,3 +275,19 @@ fn resolve_link_table() {
         );
     }
 }
+
+#[test]
+fn the_builtin_json_is_the_toml_source() {
+    // build.rs converts profiles/*.toml to the JSON that `builtin` parses at every run.
+    for name in builtin_names() {
+        assert_eq!(
+            Profile::builtin(name).unwrap(),
+            Profile::builtin_from_toml(name).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(matches!(
+        Profile::builtin_from_toml("nope"),
+        Err(ProfileError::Unknown { .. })
+    ));
+}
