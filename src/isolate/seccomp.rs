@@ -292,17 +292,24 @@ impl SeccompPolicy {
         Ok(out)
     }
 
-    /// Builds the program.
-    pub fn compile(&self) -> Result<SeccompProgram, SeccompError> {
-        let verdicts = self.verdicts()?;
+    /// The deny action's return value and the allowed socket families' numbers, as the
+    /// program encodes them.
+    fn encoding(&self) -> (u32, Vec<u32>) {
         let deny = match self.on_deny {
             DenyAction::Errno => RET_ERRNO | libc::EPERM as u32,
             DenyAction::Kill => RET_KILL_PROCESS,
         };
-        let families: Vec<u32> = allowed_socket_families(self.network)
+        let families = allowed_socket_families(self.network)
             .iter()
             .map(|(_, af)| *af as u32)
             .collect();
+        (deny, families)
+    }
+
+    /// Builds the program.
+    pub fn compile(&self) -> Result<SeccompProgram, SeccompError> {
+        let verdicts = self.verdicts()?;
+        let (deny, families) = self.encoding();
         let filter = Emitter::program(deny, &families, audit_arch(self.arch), &verdicts)
             .ok_or(SeccompError::TooLong)?;
         Ok(SeccompProgram {

@@ -81,17 +81,24 @@ struct CapData {
 /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets passed as two 32-bit halves.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Sets the calling thread's effective, permitted and inheritable sets to empty (capset v3).
-pub fn capset_clear_all() -> io::Result<()> {
-    let mut header = CapHeader {
+/// The header of a version-3 call about the calling thread, and its two (low, high) halves
+/// of the three sets, all empty.
+fn v3_self() -> (CapHeader, [CapData; 2]) {
+    let header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let data = [CapData {
+    let empty = CapData {
         effective: 0,
         permitted: 0,
         inheritable: 0,
-    }; 2];
+    };
+    (header, [empty; 2])
+}
+
+/// Sets the calling thread's effective, permitted and inheritable sets to empty (capset v3).
+pub fn capset_clear_all() -> io::Result<()> {
+    let (mut header, data) = v3_self();
     // SAFETY: version 3 tells the kernel to read exactly two `CapData` structs, which `data`
     // holds; `header` is a valid, writable header (the kernel may write back the version).
     // Both live on this stack frame until the call returns.
@@ -111,15 +118,7 @@ pub fn capset_clear_all() -> io::Result<()> {
 
 /// The calling thread's (effective, permitted, inheritable) sets (capget v3).
 pub fn capget_self() -> io::Result<(u64, u64, u64)> {
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let (mut header, mut data) = v3_self();
     // SAFETY: version 3 tells the kernel to write exactly two `CapData` structs, which `data`
     // holds; `header` is a valid, writable header. Both live on this stack frame until the
     // call returns.
