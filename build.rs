@@ -5,19 +5,28 @@
 //! is not valid TOML fails the build; the tests check that both forms load to the same
 //! profile.
 
-use std::path::Path;
-
-/// The built-in profiles, by file stem (as `profile::BUILTIN_PROFILES` names them).
-const PROFILES: &[&str] = &["default", "strict"];
-
 fn main() {
     let out = std::env::var_os("OUT_DIR").map(std::path::PathBuf::from);
     let Some(out) = out else {
         panic!("cargo sets OUT_DIR for build scripts");
     };
-    for name in PROFILES {
-        let src = Path::new("profiles").join(format!("{name}.toml"));
-        println!("cargo:rerun-if-changed={}", src.display());
+    // Every profile in the directory (`profile::BUILTIN_PROFILES_JSON` names the ones embedded).
+    println!("cargo:rerun-if-changed=profiles");
+    let entries = match std::fs::read_dir("profiles") {
+        Ok(e) => e,
+        Err(e) => panic!("listing profiles/: {e}"),
+    };
+    for entry in entries {
+        let src = match entry {
+            Ok(e) => e.path(),
+            Err(e) => panic!("listing profiles/: {e}"),
+        };
+        let (Some(name), Some("toml")) = (
+            src.file_stem().and_then(|s| s.to_str()),
+            src.extension().and_then(|s| s.to_str()),
+        ) else {
+            continue;
+        };
         let text = match std::fs::read_to_string(&src) {
             Ok(t) => t,
             Err(e) => panic!("reading {}: {e}", src.display()),

@@ -97,7 +97,7 @@ impl CapSets {
     pub fn of_this_thread() -> Result<CapSets, CapsError> {
         let read_back = |set| move |source| CapsError::ReadBack { set, source };
         let (effective, permitted, inheritable) =
-            proc_ctl::capget_self().map_err(read_back("CapEff"))?;
+            proc_ctl::capget_self().map_err(read_back("CapInh, CapPrm and CapEff"))?;
         Ok(CapSets {
             inheritable,
             permitted,
