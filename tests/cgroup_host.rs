@@ -347,6 +347,35 @@ fn finish_takes_the_last_reading_on_the_caller_and_closes_the_watcher() {
 }
 
 #[test]
+fn joining_the_ending_stops_a_watcher_with_nothing_to_wake_it() {
+    // No rules, no samples, no PSI: the watcher sleeps for an hour between wake-ups. `finish`
+    // does not wake it (it is off the closing's path); joining the Ending must.
+    let scratch = Scratch::new("ending");
+    let mut run = Run::create(&scratch.layout, "ending", &LimitSpec::default());
+    run.spawn_placed(&["true"]);
+    let (tx, _rx) = mpsc::channel();
+    let config = WatchConfig {
+        monitor_interval: None,
+        psi_trigger: None,
+        ..WatchConfig::default()
+    };
+    let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
+    run.release();
+    let status = run.wait(0, Duration::from_secs(20)).expect("payload ended");
+    assert!(status.success(), "{status:?}");
+    let (_usage, ending) = sentinel.finish();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        ending.join();
+        let _ = done_tx.send(());
+    });
+    assert!(
+        done_rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "the watcher was never told to end"
+    );
+}
+
+#[test]
 fn stale_cgroup_of_a_killed_runner_is_cleaned_up() {
     let scratch = Scratch::new("stale");
     // A runner SIGKILLed mid-run never calls remove(): simulate by forgetting the handle.

@@ -224,12 +224,24 @@ struct Gate {
 /// The watcher thread of a finished sentinel, to be joined once the run no longer waits on
 /// it ([`Sentinel::finish`]). Dropping it joins it.
 #[derive(Debug)]
-pub struct Ending(Option<JoinHandle<Usage>>);
+pub struct Ending {
+    stop: Option<UnixStream>,
+    thread: Option<JoinHandle<Usage>>,
+}
 
 impl Ending {
-    /// Waits for the watcher's end.
+    /// Tells the watcher to end and waits for it.
     pub fn join(mut self) {
-        if let Some(t) = self.0.take() {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        // Only now: woken at the payload's exit, the watcher competed with the closing record
+        // for the core (about 30 us), for a round that the closed gate makes do nothing.
+        if let Some(stop) = self.stop.take() {
+            let _ = (&stop).write_all(b"x");
+        }
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
@@ -237,9 +249,7 @@ impl Ending {
 
 impl Drop for Ending {
     fn drop(&mut self) {
-        if let Some(t) = self.0.take() {
-            let _ = t.join();
-        }
+        self.end();
     }
 }
 
@@ -261,16 +271,16 @@ impl Sentinel {
     /// woken by its end), each wake-up from one of this machine's vCPUs to the other costing
     /// about 30 µs.
     ///
-    /// The watcher is not waited for either: closing its gate ends its work (see [`Gate`]),
-    /// and the caller joins the returned [`Ending`] off the way to the closing record. Waiting
-    /// for the watcher to wake up and end cost as much as the reading (0.1 ms).
+    /// The watcher is not woken nor waited for either: closing its gate ends its work (see
+    /// [`Gate`]), and the caller joins the returned [`Ending`], which stops the watcher, off
+    /// the way to the closing record. Waiting for the watcher to wake up and end cost as much
+    /// as the reading (0.1 ms); waking it here, about 30 µs more of the closing's path.
     pub fn finish(self) -> (Usage, Ending) {
         let mut usage = {
             let mut gate = lock(&self.gate);
             gate.closed = true;
             gate.usage
         };
-        let _ = (&self.stop).write_all(b"x");
         let last = match &self.usage_files {
             Some(kept) => self.source.read_usage_from(kept),
             None => self.source.read_usage(),
@@ -278,7 +288,11 @@ impl Sentinel {
         if let Ok(s) = last {
             usage.update(&s);
         }
-        (usage, Ending(Some(self.thread)))
+        let ending = Ending {
+            stop: Some(self.stop),
+            thread: Some(self.thread),
+        };
+        (usage, ending)
     }
 
     /// Opens the files of the last reading that [`Sentinel::finish`] takes, so that it only
