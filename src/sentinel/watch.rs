@@ -221,8 +221,8 @@ struct Gate {
     usage: Usage,
 }
 
-/// The watcher thread of a finished sentinel, to be joined once the run no longer waits on
-/// it ([`Sentinel::finish`]). Dropping it joins it.
+/// The watcher thread of a finished sentinel, to be stopped and joined once the run no longer
+/// waits on it ([`Sentinel::finish`]). Dropping it does the same.
 #[derive(Debug)]
 pub struct Ending {
     stop: Option<UnixStream>,
