@@ -287,7 +287,7 @@ fn read_in(files: &Files<'_>, path: &Path) -> Result<Option<String>, SentinelErr
     };
     if let Files::Kept(kept) = files {
         if let Some((_, f)) = kept.iter().find(|(p, _)| p == path) {
-            return read_from_start(f).map(Some).map_err(failed);
+            return crate::sys::fs::read_from_start(f).map(Some).map_err(failed);
         }
     }
     let opened = match File::open(path) {
@@ -295,32 +295,11 @@ fn read_in(files: &Files<'_>, path: &Path) -> Result<Option<String>, SentinelErr
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(failed(e)),
     };
-    let text = read_from_start(&opened).map_err(failed)?;
+    let text = crate::sys::fs::read_from_start(&opened).map_err(failed)?;
     if let Files::Keep(list) = files {
         list.borrow_mut().push((path.to_owned(), opened));
     }
     Ok(Some(text))
-}
-
-/// The whole file from offset 0. A cgroup file generates its text afresh at each read from
-/// the start, so a descriptor kept open reads current values.
-fn read_from_start(f: &File) -> std::io::Result<String> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(len * 2, 0);
-        }
-        match f.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(len);
-    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 fn num(dir: Option<&Path>, file: &'static str) -> Result<Option<u64>, SentinelError> {

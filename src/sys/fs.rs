@@ -10,14 +10,32 @@ use super::{check, check_int};
 /// The whole text of a file the kernel generates (procfs, sysfs, cgroupfs). These report a
 /// size of 0, so `std::fs::read_to_string` asks for the size (`statx`, `lseek`) and then reads
 /// through a buffer that starts at 32 bytes and doubles: eight reads for this host's
-/// mountinfo. Here one buffer fits such a file in one read, plus the read that sees its end.
+/// mountinfo. [`read_from_start`] fits such a file in one read, plus the read that sees its
+/// end.
 pub fn read_kernel_text(path: &std::path::Path) -> io::Result<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let mut text = String::with_capacity(4096);
-    // Through `Take`, whose reads are not sized from the file's metadata.
-    file.take(u64::MAX).read_to_string(&mut text)?;
-    Ok(text)
+    read_from_start(&std::fs::File::open(path)?)
+}
+
+/// The whole file from offset 0, through a 4 KiB buffer that doubles as needed. A cgroup
+/// file generates its text afresh at each read from the start, so a descriptor kept open
+/// reads current values.
+pub fn read_from_start(f: &std::fs::File) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match f.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// `struct mount_attr` of `mount_setattr(2)`.
