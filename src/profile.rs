@@ -43,6 +43,19 @@ const BUILTIN_SYSCALL_SETS: &[(&str, &str)] = &[
     ("strict", include_str!("../profiles/strict.syscalls")),
 ];
 
+/// The text of built-in profile `name` in `table`; an unknown name is refused with the list of
+/// known ones.
+fn builtin_text(table: &[(&str, &'static str)], name: &str) -> Result<&'static str, ProfileError> {
+    table
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| ProfileError::Unknown {
+            name: name.to_owned(),
+            known: builtin_names().join(", "),
+        })
+}
+
 /// Names of the built-in profiles, in a stable order.
 pub fn builtin_names() -> &'static [&'static str] {
     &["default", "strict"]
@@ -386,14 +399,7 @@ pub struct Profile {
 impl Profile {
     /// Loads the built-in profile `name`.
     pub fn builtin(name: &str) -> Result<Profile, ProfileError> {
-        let text = BUILTIN_PROFILES_JSON
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, t)| *t)
-            .ok_or_else(|| ProfileError::Unknown {
-                name: name.to_owned(),
-                known: builtin_names().join(", "),
-            })?;
+        let text = builtin_text(BUILTIN_PROFILES_JSON, name)?;
         let file: ProfileFile = serde_json::from_str(text).map_err(|e| ProfileError::Parse {
             profile: name.to_owned(),
             source: Box::new(e),
@@ -405,14 +411,7 @@ impl Profile {
     /// would be: what [`builtin`](Self::builtin) must equal.
     #[cfg(test)]
     pub(crate) fn builtin_from_toml(name: &str) -> Result<Profile, ProfileError> {
-        let (_, text) = BUILTIN_PROFILES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| ProfileError::Unknown {
-                name: name.to_owned(),
-                known: builtin_names().join(", "),
-            })?;
-        Profile::from_toml(name, text)
+        Profile::from_toml(name, builtin_text(BUILTIN_PROFILES, name)?)
     }
 
     /// Parses and validates a profile from TOML text; syscall sets are the built-in ones.

@@ -442,17 +442,13 @@ impl<'a> Emitter<'a> {
         self.code.push(stmt(LD_W_ABS, OFF_NR));
         self.search(ranges);
         // One block per verdict the search reaches, after all of it: every jump is forward.
-        let mut blocks: Vec<Verdict> = Vec::new();
-        for (_, _, target) in &self.fixups {
-            if let Target::Verdict(v) = target {
-                if !blocks.contains(v) {
-                    blocks.push(*v);
+        for i in 0..self.fixups.len() {
+            if let (_, _, Target::Verdict(v)) = self.fixups[i] {
+                if !self.blocks.iter().any(|(b, _)| *b == v) {
+                    self.blocks.push((v, self.code.len()));
+                    self.block(v);
                 }
             }
-        }
-        for v in blocks {
-            self.blocks.push((v, self.code.len()));
-            self.block(v);
         }
         for (at, field, target) in std::mem::take(&mut self.fixups) {
             let to = match target {
