@@ -1,9 +1,10 @@
 //! Build script: the built-in profiles (`profiles/*.toml`, the format users read and edit)
-//! converted to JSON in `OUT_DIR`, which `calyx::profile` embeds. calyx-run loads its profile
-//! at every run, before the sandbox is cloned; the JSON parser is already warm from the lease
-//! there, and parsing a profile as JSON takes about 12 us against 45 us as TOML. A profile that
-//! is not valid TOML fails the build; the tests check that both forms load to the same
-//! profile.
+//! and the default halt rules (`policies/halt.toml`) converted to JSON in `OUT_DIR`, which
+//! `calyx::profile` and `calyx::sentinel::policy` embed. calyx-run loads both at every run,
+//! before the sandbox is cloned; the JSON parser is already warm from the lease there, and
+//! parsing a profile as JSON takes about 12 us against 45 us as TOML (the halt rules: about
+//! 5 against 20 us). A file that is not valid TOML fails the build; the tests check that both
+//! forms load to the same profile and the same rules.
 
 fn main() {
     let out = std::env::var_os("OUT_DIR").map(std::path::PathBuf::from);
@@ -27,22 +28,31 @@ fn main() {
         ) else {
             continue;
         };
-        let text = match std::fs::read_to_string(&src) {
-            Ok(t) => t,
-            Err(e) => panic!("reading {}: {e}", src.display()),
-        };
-        let value: toml::Value = match toml::from_str(&text) {
-            Ok(v) => v,
-            Err(e) => panic!("{} is not valid TOML: {e}", src.display()),
-        };
-        let json = match serde_json::to_string(&value) {
-            Ok(j) => j,
-            Err(e) => panic!("{} has no JSON form: {e}", src.display()),
-        };
-        let dst = out.join(format!("profile-{name}.json"));
-        if let Err(e) = std::fs::write(&dst, json) {
-            panic!("writing {}: {e}", dst.display());
-        }
+        to_json(&src, &out.join(format!("profile-{name}.json")));
     }
+    println!("cargo:rerun-if-changed=policies/halt.toml");
+    to_json(
+        std::path::Path::new("policies/halt.toml"),
+        &out.join("halt.json"),
+    );
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// Writes the TOML file `src` as JSON to `dst`.
+fn to_json(src: &std::path::Path, dst: &std::path::Path) {
+    let text = match std::fs::read_to_string(src) {
+        Ok(t) => t,
+        Err(e) => panic!("reading {}: {e}", src.display()),
+    };
+    let value: toml::Value = match toml::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => panic!("{} is not valid TOML: {e}", src.display()),
+    };
+    let json = match serde_json::to_string(&value) {
+        Ok(j) => j,
+        Err(e) => panic!("{} has no JSON form: {e}", src.display()),
+    };
+    if let Err(e) = std::fs::write(dst, json) {
+        panic!("writing {}: {e}", dst.display());
+    }
 }

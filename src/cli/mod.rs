@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod out;
 pub mod result;
 pub mod run;
+mod run_args;
 mod run_outputs;
 
 use std::path::Path;

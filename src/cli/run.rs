@@ -43,7 +43,7 @@ Exit codes:
          also 137, as 128+9, with outcome \"signaled\" and usage.oom_kills set";
 
 /// Command-line arguments of `calyx-run`.
-#[derive(Debug, Parser)]
+#[derive(Debug, PartialEq, Eq, Parser)]
 #[command(name = "calyx-run", version, about = "Verify a lease and run one command inside the calyx sandbox", after_help = EXIT_CODES)]
 pub struct Args {
     /// Signed lease envelope (DSSE JSON).

@@ -35,13 +35,13 @@ pub enum SentinelError {
         /// The offending text (first 200 characters).
         text: String,
     },
-    /// The halt policy is not valid TOML of the expected shape.
+    /// The halt policy is not valid TOML (or, built in, JSON) of the expected shape.
     #[error("parsing halt policy {path}: {source}")]
     PolicyParse {
         /// Policy file (or `<inline>`).
         path: PathBuf,
         /// Cause.
-        source: toml::de::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A halt rule is out of range.
     #[error("halt rule {index} ({origin}): {reason}")]

@@ -1,7 +1,7 @@
 //! The halt policy (`policies/halt.toml`): default rules, validated, and merged with a
 //! lease's rules, which may add and tighten but never loosen.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -64,8 +64,14 @@ impl HaltPolicy {
     pub fn parse(text: &str, path: &Path) -> Result<Self, SentinelError> {
         let policy: Self = toml::from_str(text).map_err(|source| SentinelError::PolicyParse {
             path: path.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
+        policy.validated(path)
+    }
+
+    /// The policy if every rule and the CPU budget are in range.
+    fn validated(self, path: &Path) -> Result<Self, SentinelError> {
+        let policy = self;
         let origin = path.display().to_string();
         for (i, r) in policy.rules.iter().enumerate() {
             validate_rule(&origin, i, r)?;
@@ -102,12 +108,19 @@ impl HaltPolicy {
         Self::parse(&text, path)
     }
 
-    /// The policy shipped with calyx (`policies/halt.toml`), compiled in.
+    /// The policy shipped with calyx (`policies/halt.toml`), compiled in as the JSON that
+    /// build.rs makes of it (parsed faster, at every run; see build.rs).
     pub fn builtin() -> Result<Self, SentinelError> {
-        Self::parse(
-            include_str!("../../policies/halt.toml"),
-            &PathBuf::from("policies/halt.toml"),
-        )
+        let path = Path::new("policies/halt.toml");
+        let policy: Self = serde_json::from_str(include_str!(concat!(
+            env!("OUT_DIR"),
+            "/halt.json"
+        )))
+        .map_err(|source| SentinelError::PolicyParse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        policy.validated(path)
     }
 }
 
@@ -190,6 +203,18 @@ mod tests {
             for_ms,
             action,
         }
+    }
+
+    #[test]
+    fn the_builtin_json_is_the_toml_source() {
+        let toml = HaltPolicy::parse(
+            include_str!("../../policies/halt.toml"),
+            Path::new("policies/halt.toml"),
+        )
+        .unwrap();
+        let json = HaltPolicy::builtin().unwrap();
+        assert_eq!(json, toml);
+        assert!(!json.rules.is_empty() && json.cpu_budget.is_some());
     }
 
     #[test]
