@@ -161,14 +161,44 @@ fn last_of(line: &[u8], path: &Path) -> Result<Last, AuditError> {
         path: path.to_owned(),
         why: why.to_owned(),
     };
-    let value: Value =
-        serde_json::from_slice(line).map_err(|_| bad("its last line is not JSON"))?;
-    let (seq, _) =
-        link_of(&value).ok_or_else(|| bad("its last line has no seq/prev chain fields"))?;
+    let seq = match chain_fields(line) {
+        Some(seq) => seq,
+        None => {
+            let value: Value =
+                serde_json::from_slice(line).map_err(|_| bad("its last line is not JSON"))?;
+            link_of(&value)
+                .ok_or_else(|| bad("its last line has no seq/prev chain fields"))?
+                .0
+        }
+    };
     Ok(Last {
         seq,
         hash: line_hash(line),
     })
+}
+
+/// The chain fields of one line as [`link_of`] reads them, without building the line's
+/// value: every run reads the log's last line (a closing record with its receipt, 3–4 KiB)
+/// before it writes its first, and a tree of every field of it took most of that read.
+/// None whenever this shorter reading could differ from `link_of`'s — a line that is not an
+/// object, a repeated field, an escaped `prev` — and the caller then reads it in full.
+fn chain_fields(line: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Chain<'a> {
+        seq: u64,
+        prev: &'a str,
+    }
+    // A struct would also accept an array ([seq, prev]); link_of takes objects only.
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let c: Chain<'_> = serde_json::from_slice(line).ok()?;
+    let hex_ok = c.prev.len() == 64
+        && c
+            .prev
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    hex_ok.then_some(c.seq)
 }
 
 #[cfg(test)]
@@ -181,6 +211,43 @@ mod tests {
             line,
             torn: torn.map(|(offset, bytes)| Torn { offset, bytes }),
         }
+    }
+
+    /// The short reading of the chain fields agrees with link_of wherever it answers, and
+    /// leaves the rest to it.
+    #[test]
+    fn the_chain_fields_read_short_are_link_of() {
+        let prev = "ab".repeat(32);
+        let lines = [
+            format!(r#"{{"seq":7,"prev":"{prev}","event":"x","fields":{{"a":[1,2,{{"b":null}}]}}}}"#),
+            format!(r#"  {{"event":"x","prev":"{prev}","seq":0}}"#),
+            format!(r#"{{"seq":7,"seq":8,"prev":"{prev}"}}"#),
+            format!(r#"[7,"{prev}"]"#),
+            format!(r#"{{"seq":7,"prev":"{}"}}"#, "AB".repeat(32)),
+            format!(r#"{{"seq":-1,"prev":"{prev}"}}"#),
+            format!(r#"{{"seq":1.5,"prev":"{prev}"}}"#),
+            format!(r#"{{"seq":7,"prev":"\u0061{}"}}"#, "b".repeat(63)),
+            format!(r#"{{"seq":7}}"#),
+            r#"{"seq":7,"prev":"#.to_owned(),
+            "not json".to_owned(),
+        ];
+        let mut short = 0;
+        for line in &lines {
+            let full = serde_json::from_slice::<Value>(line.as_bytes())
+                .ok()
+                .as_ref()
+                .and_then(link_of)
+                .map(|l| l.0);
+            if let Some(seq) = chain_fields(line.as_bytes()) {
+                short += 1;
+                assert_eq!(Some(seq), full, "{line}");
+            }
+        }
+        assert_eq!(short, 2, "the two plain lines are read short");
+        // And a repeated seq, which link_of reads as its last value, goes the long way.
+        let dup = format!(r#"{{"seq":7,"seq":8,"prev":"{prev}"}}"#);
+        let tail = last_of(dup.as_bytes(), Path::new("log")).unwrap();
+        assert_eq!(tail.seq, 8);
     }
 
     #[test]
