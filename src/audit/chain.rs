@@ -31,11 +31,14 @@ pub fn line_hash(line: &[u8]) -> String {
 pub fn link_of(value: &Value) -> Option<(u64, &str)> {
     let seq = value.get("seq")?.as_u64()?;
     let prev = value.get("prev")?.as_str()?;
-    let hex_ok = prev.len() == 64
-        && prev
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    hex_ok.then_some((seq, prev))
+    is_line_hash(prev).then_some((seq, prev))
+}
+
+/// 64 lowercase hex digits: what [`line_hash`] makes.
+fn is_line_hash(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// An unterminated fragment at the end of a file: what a write cut short leaves behind.
@@ -193,12 +196,7 @@ fn chain_fields(line: &[u8]) -> Option<u64> {
         return None;
     }
     let c: Chain<'_> = serde_json::from_slice(line).ok()?;
-    let hex_ok = c.prev.len() == 64
-        && c
-            .prev
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    hex_ok.then_some(c.seq)
+    is_line_hash(c.prev).then_some(c.seq)
 }
 
 #[cfg(test)]
@@ -219,7 +217,9 @@ mod tests {
     fn the_chain_fields_read_short_are_link_of() {
         let prev = "ab".repeat(32);
         let lines = [
-            format!(r#"{{"seq":7,"prev":"{prev}","event":"x","fields":{{"a":[1,2,{{"b":null}}]}}}}"#),
+            format!(
+                r#"{{"seq":7,"prev":"{prev}","event":"x","fields":{{"a":[1,2,{{"b":null}}]}}}}"#
+            ),
             format!(r#"  {{"event":"x","prev":"{prev}","seq":0}}"#),
             format!(r#"{{"seq":7,"seq":8,"prev":"{prev}"}}"#),
             format!(r#"[7,"{prev}"]"#),
@@ -227,7 +227,7 @@ mod tests {
             format!(r#"{{"seq":-1,"prev":"{prev}"}}"#),
             format!(r#"{{"seq":1.5,"prev":"{prev}"}}"#),
             format!(r#"{{"seq":7,"prev":"\u0061{}"}}"#, "b".repeat(63)),
-            format!(r#"{{"seq":7}}"#),
+            r#"{"seq":7}"#.to_owned(),
             r#"{"seq":7,"prev":"#.to_owned(),
             "not json".to_owned(),
         ];

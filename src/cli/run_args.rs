@@ -59,7 +59,11 @@ fn field(name: &str) -> Option<Field> {
 
 /// `argv` (program name first) read without clap, or None for clap to read.
 pub fn quick(argv: &[OsString]) -> Option<Args> {
-    let words: Vec<&str> = argv.iter().skip(1).map(|a| a.to_str()).collect::<Option<_>>()?;
+    let words: Vec<&str> = argv
+        .iter()
+        .skip(1)
+        .map(|a| a.to_str())
+        .collect::<Option<_>>()?;
     let mut lease = None;
     let mut trust = None;
     let mut state_dir = None;
@@ -140,7 +144,11 @@ pub fn quick(argv: &[OsString]) -> Option<Args> {
             return None;
         }
     };
-    let command: Vec<String> = words.get(command_at..)?.iter().map(|w| (*w).to_owned()).collect();
+    let command: Vec<String> = words
+        .get(command_at..)?
+        .iter()
+        .map(|w| (*w).to_owned())
+        .collect();
     if command.is_empty() {
         return None;
     }
@@ -191,7 +199,10 @@ mod tests {
         assert!(a.json && a.monitor_interval_ms == 0);
         // The command may also start at the first word that is not an option.
         let argv = line(&["--lease", "l", "/usr/bin/env", "-i", "--lease", "x"]);
-        assert_eq!(quick(&argv).unwrap().command, ["/usr/bin/env", "-i", "--lease", "x"]);
+        assert_eq!(
+            quick(&argv).unwrap().command,
+            ["/usr/bin/env", "-i", "--lease", "x"]
+        );
     }
 
     #[test]
@@ -208,8 +219,21 @@ mod tests {
             &["--lease", "", "--", "/bin/true"],
             &["--lease", "l", "--json", "--json", "--", "/bin/true"],
             &["--lease", "l", "--json=yes", "--", "/bin/true"],
-            &["--lease", "l", "--monitor-interval-ms", "+5", "--", "/bin/true"],
-            &["--lease", "l", "--monitor-interval-ms", "99999999999999999999", "x"],
+            &[
+                "--lease",
+                "l",
+                "--monitor-interval-ms",
+                "+5",
+                "--",
+                "/bin/true",
+            ],
+            &[
+                "--lease",
+                "l",
+                "--monitor-interval-ms",
+                "99999999999999999999",
+                "x",
+            ],
             &["--lease", "l", "--leas", "x", "--", "/bin/true"],
             &["--lease", "l", "-x", "/bin/true"],
             &["--lease"],
@@ -227,9 +251,24 @@ mod tests {
     #[test]
     fn whatever_it_reads_clap_reads_the_same() {
         let pool = [
-            "--", "--json", "--dry-run", "--trust", "t", "--state-dir=s", "--result", "-",
-            "--cgroup-parent", "/c", "--monitor-interval-ms", "7", "/bin/true", "-c", "",
-            "--host-key=", "--audit-log", "--lease",
+            "--",
+            "--json",
+            "--dry-run",
+            "--trust",
+            "t",
+            "--state-dir=s",
+            "--result",
+            "-",
+            "--cgroup-parent",
+            "/c",
+            "--monitor-interval-ms",
+            "7",
+            "/bin/true",
+            "-c",
+            "",
+            "--host-key=",
+            "--audit-log",
+            "--lease",
         ];
         let mut read = 0;
         let mut stack: Vec<Vec<&str>> = vec![vec![]];

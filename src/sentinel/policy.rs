@@ -112,14 +112,13 @@ impl HaltPolicy {
     /// build.rs makes of it (parsed faster, at every run; see build.rs).
     pub fn builtin() -> Result<Self, SentinelError> {
         let path = Path::new("policies/halt.toml");
-        let policy: Self = serde_json::from_str(include_str!(concat!(
-            env!("OUT_DIR"),
-            "/halt.json"
-        )))
-        .map_err(|source| SentinelError::PolicyParse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        let policy: Self =
+            serde_json::from_str(include_str!(concat!(env!("OUT_DIR"), "/halt.json"))).map_err(
+                |source| SentinelError::PolicyParse {
+                    path: path.to_owned(),
+                    source: Box::new(source),
+                },
+            )?;
         policy.validated(path)
     }
 }
