@@ -3,7 +3,7 @@
 //! `calyx::profile` and `calyx::sentinel::policy` embed. calyx-run loads both at every run,
 //! before the sandbox is cloned; the JSON parser is already warm from the lease there, and
 //! parsing a profile as JSON takes about 12 us against 45 us as TOML (the halt rules: about
-//! 5 against 20 us). A file that is not valid TOML fails the build; the tests check that both
+//! 3 against 16 us). A file that is not valid TOML fails the build; the tests check that both
 //! forms load to the same profile and the same rules.
 
 fn main() {

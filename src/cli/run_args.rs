@@ -27,7 +27,7 @@ impl Args {
     }
 }
 
-/// The options that take a value, and where it goes.
+/// The long options of calyx-run: the two flags and the options that take a value.
 enum Field {
     Lease,
     Trust,

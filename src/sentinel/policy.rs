@@ -71,21 +71,20 @@ impl HaltPolicy {
 
     /// The policy if every rule and the CPU budget are in range.
     fn validated(self, path: &Path) -> Result<Self, SentinelError> {
-        let policy = self;
         let origin = path.display().to_string();
-        for (i, r) in policy.rules.iter().enumerate() {
+        for (i, r) in self.rules.iter().enumerate() {
             validate_rule(&origin, i, r)?;
         }
-        if let Some(b) = policy.cpu_budget
+        if let Some(b) = self.cpu_budget
             && (!b.share.is_finite() || b.share <= 0.0 || b.share > 1.0)
         {
             return Err(SentinelError::RuleInvalid {
                 origin,
-                index: policy.rules.len(),
+                index: self.rules.len(),
                 reason: "cpu_budget.share must be in (0, 1]",
             });
         }
-        Ok(policy)
+        Ok(self)
     }
 
     /// Read, bound, parse and validate a policy file.
