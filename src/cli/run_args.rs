@@ -27,7 +27,8 @@ impl Args {
     }
 }
 
-/// The long options of calyx-run: the two flags and the options that take a value.
+/// The long options of calyx-run that take a value (the two flags, `--json` and
+/// `--dry-run`, are read by name).
 enum Field {
     Lease,
     Trust,
@@ -37,8 +38,6 @@ enum Field {
     CgroupParent,
     HostKey,
     MonitorInterval,
-    Json,
-    DryRun,
 }
 
 fn field(name: &str) -> Option<Field> {
@@ -51,8 +50,6 @@ fn field(name: &str) -> Option<Field> {
         "cgroup-parent" => Field::CgroupParent,
         "host-key" => Field::HostKey,
         "monitor-interval-ms" => Field::MonitorInterval,
-        "json" => Field::Json,
-        "dry-run" => Field::DryRun,
         _ => return None,
     })
 }
@@ -92,23 +89,20 @@ pub fn quick(argv: &[OsString]) -> Option<Args> {
             Some((n, v)) => (n, Some(v)),
             None => (option, None),
         };
-        let f = field(name)?;
-        if matches!(f, Field::Json | Field::DryRun) {
+        let flag = match name {
+            "json" => Some(&mut json),
+            "dry-run" => Some(&mut dry_run),
+            _ => None,
+        };
+        if let Some(slot) = flag {
             // A flag takes no value; `--json=…` is clap's to judge.
-            if inline.is_some() {
-                return None;
-            }
-            let slot = if matches!(f, Field::Json) {
-                &mut json
-            } else {
-                &mut dry_run
-            };
-            if slot.replace(true).is_some() {
+            if inline.is_some() || slot.replace(true).is_some() {
                 return None;
             }
             i += 1;
             continue;
         }
+        let f = field(name)?;
         let value = match inline {
             Some(v) => {
                 i += 1;
@@ -138,7 +132,6 @@ pub fn quick(argv: &[OsString]) -> Option<Args> {
                 }
                 monitor.replace(value.parse::<u64>().ok()?).is_none()
             }
-            Field::Json | Field::DryRun => return None,
         };
         if !fresh {
             return None;
