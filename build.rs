@@ -4,7 +4,8 @@
 //! before the sandbox is cloned; the JSON parser is already warm from the lease there, and
 //! parsing a profile as JSON takes about 12 us against 45 us as TOML (the halt rules: about
 //! 3 against 16 us). A file that is not valid TOML fails the build; the tests check that both
-//! forms load to the same profile and the same rules.
+//! forms load to the same profile and the same rules. It also fingerprints the sources of the
+//! precompiled seccomp programs (`seccomp_inputs`).
 
 fn main() {
     let out = std::env::var_os("OUT_DIR").map(std::path::PathBuf::from);
@@ -35,8 +36,66 @@ fn main() {
         std::path::Path::new("policies/halt.toml"),
         &out.join("halt.json"),
     );
+    seccomp_inputs();
     pack_relative_relocs();
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// The sources the precompiled seccomp programs (`src/isolate/seccomp_builtin.rs`) are made
+/// from: the syscall sets, the syscall tables and the code that parses and compiles them.
+const SECCOMP_INPUTS: &[&str] = &[
+    "profiles",
+    "src/profile.rs",
+    "src/isolate/seccomp.rs",
+    "src/isolate/setid.rs",
+    "src/isolate/syscalls_x86_64.rs",
+    "src/isolate/syscalls_aarch64.rs",
+];
+
+/// A fingerprint of [`SECCOMP_INPUTS`] (the `.syscalls` files of `profiles`), as
+/// `CALYX_SECCOMP_INPUTS`: the precompiled table records the one it was made with, and
+/// `isolate::seccomp` uses the table only when the two agree. FNV-1a: it tells versions of
+/// the sources apart, nothing more is asked of it.
+fn seccomp_inputs() {
+    let mut files = Vec::new();
+    for input in SECCOMP_INPUTS {
+        println!("cargo:rerun-if-changed={input}");
+        let path = std::path::Path::new(input);
+        if path.is_dir() {
+            let entries = match std::fs::read_dir(path) {
+                Ok(e) => e,
+                Err(e) => panic!("listing {input}: {e}"),
+            };
+            for entry in entries {
+                match entry {
+                    Ok(e) if e.path().extension().is_some_and(|x| x == "syscalls") => {
+                        files.push(e.path())
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("listing {input}: {e}"),
+                }
+            }
+        } else {
+            files.push(path.to_owned());
+        }
+    }
+    files.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            hash = (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for file in &files {
+        let text = match std::fs::read(file) {
+            Ok(t) => t,
+            Err(e) => panic!("reading {}: {e}", file.display()),
+        };
+        feed(file.to_string_lossy().as_bytes());
+        feed(&(text.len() as u64).to_le_bytes());
+        feed(&text);
+    }
+    println!("cargo:rustc-env=CALYX_SECCOMP_INPUTS={hash:016x}");
 }
 
 /// Packed relative relocations (DT_RELR) for calyx's static-pie binaries: 2 KiB of them

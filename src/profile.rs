@@ -215,82 +215,126 @@ impl fmt::Display for SyscallArch {
     }
 }
 
+/// One entry of a syscall set: (architecture, or None for all; syscall name).
+pub type SyscallEntry = (Option<SyscallArch>, String);
+
 /// A syscall allowlist: names for every architecture plus names for one architecture only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyscallSet {
     /// The set's name (file stem under `profiles/`).
     pub name: String,
-    /// (architecture, or None for all; syscall name), in file order, without duplicates.
-    pub entries: Vec<(Option<SyscallArch>, String)>,
+    entries: Entries,
+}
+
+/// A built-in set is parsed only when its names are needed: a run under a built-in profile
+/// gets its seccomp program precompiled (`isolate::seccomp`) and never needs them, and parsing
+/// the set took 0.066 ms before the clone at every run. The tests parse every built-in set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entries {
+    /// The text of the built-in set of this name, not parsed yet.
+    Builtin(&'static str),
+    /// In file order, without duplicates.
+    Parsed(Vec<SyscallEntry>),
 }
 
 impl SyscallSet {
+    /// The built-in set `name` (a file `profiles/NAME.syscalls`), if there is one. Not parsed
+    /// here: see [`entries`](Self::entries).
+    pub fn builtin(name: &str) -> Option<SyscallSet> {
+        BUILTIN_SYSCALL_SETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(n, text)| SyscallSet {
+                name: (*n).to_owned(),
+                entries: Entries::Builtin(text),
+            })
+    }
+
     /// Parses the `.syscalls` format: whitespace-separated names, `#` comments, and lines
     /// starting with `x86_64:` or `aarch64:` for calls only that architecture has.
     pub fn parse(name: &str, text: &str) -> Result<SyscallSet, ProfileError> {
-        // Parsed at every run: hash sets borrowing the text keep it cheap (a linear scan of
-        // ALWAYS_DENIED and a BTreeSet of owned strings per name cost as much as a signature
-        // check).
-        let always_denied: HashSet<&str> = ALWAYS_DENIED.iter().copied().collect();
-        let mut entries = Vec::new();
-        let mut seen: HashSet<(Option<SyscallArch>, &str)> = HashSet::with_capacity(512);
-        for (idx, raw) in text.lines().enumerate() {
-            let line = raw.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let (arch, names) = match line.split_once(':') {
-                Some((prefix, rest)) => {
-                    let arch = SyscallArch::parse(prefix.trim()).ok_or_else(|| {
-                        ProfileError::UnknownArch {
-                            set: name.to_owned(),
-                            line: idx + 1,
-                            arch: prefix.trim().to_owned(),
-                        }
-                    })?;
-                    (Some(arch), rest)
-                }
-                None => (None, line),
-            };
-            for call in names.split_whitespace() {
-                let well_formed = call
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-                if !well_formed {
-                    return Err(ProfileError::BadSyscallName {
-                        set: name.to_owned(),
-                        line: idx + 1,
-                        name: call.to_owned(),
-                    });
-                }
-                if always_denied.contains(call) {
-                    return Err(ProfileError::AlwaysDenied {
-                        set: name.to_owned(),
-                        name: call.to_owned(),
-                    });
-                }
-                if seen.insert((arch, call)) {
-                    entries.push((arch, call.to_owned()));
-                }
-            }
-        }
         Ok(SyscallSet {
             name: name.to_owned(),
-            entries,
+            entries: Entries::Parsed(parse_entries(name, text)?),
         })
+    }
+
+    /// The name of the built-in set this is, unparsed and unchanged; None for a set parsed
+    /// from other text.
+    pub fn builtin_name(&self) -> Option<&str> {
+        matches!(self.entries, Entries::Builtin(_)).then_some(self.name.as_str())
+    }
+
+    /// The entries in file order, without duplicates; a built-in set is parsed now.
+    pub fn entries(&self) -> Result<std::borrow::Cow<'_, [SyscallEntry]>, ProfileError> {
+        match &self.entries {
+            Entries::Builtin(text) => parse_entries(&self.name, text).map(std::borrow::Cow::Owned),
+            Entries::Parsed(entries) => Ok(std::borrow::Cow::Borrowed(entries)),
+        }
     }
 
     /// The names to allow on `arch`: the common ones and those marked for `arch`, each once,
     /// in file order.
-    pub fn names_for(&self, arch: SyscallArch) -> Vec<&str> {
-        let mut seen = HashSet::with_capacity(self.entries.len());
-        self.entries
+    pub fn names_for(&self, arch: SyscallArch) -> Result<Vec<String>, ProfileError> {
+        let entries = self.entries()?;
+        let mut seen = HashSet::with_capacity(entries.len());
+        Ok(entries
             .iter()
             .filter(|(a, _)| a.is_none_or(|a| a == arch))
             .map(|(_, n)| n.as_str())
             .filter(|n| seen.insert(*n))
-            .collect()
+            .map(str::to_owned)
+            .collect())
     }
+}
+
+/// The entries of the set `name` written as `text` (see [`SyscallSet::parse`]).
+fn parse_entries(name: &str, text: &str) -> Result<Vec<SyscallEntry>, ProfileError> {
+    // Hash sets borrowing the text keep it cheap (a linear scan of ALWAYS_DENIED and a
+    // BTreeSet of owned strings per name cost as much as a signature check).
+    let always_denied: HashSet<&str> = ALWAYS_DENIED.iter().copied().collect();
+    let mut entries = Vec::new();
+    let mut seen: HashSet<(Option<SyscallArch>, &str)> = HashSet::with_capacity(512);
+    for (idx, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (arch, names) = match line.split_once(':') {
+            Some((prefix, rest)) => {
+                let arch =
+                    SyscallArch::parse(prefix.trim()).ok_or_else(|| ProfileError::UnknownArch {
+                        set: name.to_owned(),
+                        line: idx + 1,
+                        arch: prefix.trim().to_owned(),
+                    })?;
+                (Some(arch), rest)
+            }
+            None => (None, line),
+        };
+        for call in names.split_whitespace() {
+            let well_formed = call
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !well_formed {
+                return Err(ProfileError::BadSyscallName {
+                    set: name.to_owned(),
+                    line: idx + 1,
+                    name: call.to_owned(),
+                });
+            }
+            if always_denied.contains(call) {
+                return Err(ProfileError::AlwaysDenied {
+                    set: name.to_owned(),
+                    name: call.to_owned(),
+                });
+            }
+            if seen.insert((arch, call)) {
+                entries.push((arch, call.to_owned()));
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// What the seccomp filter does with a call it denies.
@@ -425,15 +469,12 @@ impl Profile {
 
     /// Validates a parsed profile file.
     fn from_file(name: &str, file: ProfileFile) -> Result<Profile, ProfileError> {
-        let set_text = BUILTIN_SYSCALL_SETS
-            .iter()
-            .find(|(n, _)| *n == file.seccomp.syscalls)
-            .map(|(_, t)| *t)
-            .ok_or_else(|| ProfileError::UnknownSyscallSet {
+        let syscalls = SyscallSet::builtin(&file.seccomp.syscalls).ok_or_else(|| {
+            ProfileError::UnknownSyscallSet {
                 profile: name.to_owned(),
                 set: file.seccomp.syscalls.clone(),
-            })?;
-        let syscalls = SyscallSet::parse(&file.seccomp.syscalls, set_text)?;
+            }
+        })?;
 
         let mut seen = BTreeSet::new();
         for vp in &file.view.paths {

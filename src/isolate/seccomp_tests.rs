@@ -211,7 +211,7 @@ fn the_program_gives_the_verdicts_of_the_five_filter_stack() {
             profile.on_deny = on_deny;
             for arch in SyscallArch::ALL {
                 for network in [Network::None, Network::Loopback] {
-                    let policy = SeccompPolicy::decide(&profile, network, arch);
+                    let policy = SeccompPolicy::decide(&profile, network, arch).unwrap();
                     let program = policy.compile().unwrap();
                     let stack = reference_stack(&policy).unwrap();
                     let audit = match arch {
@@ -255,6 +255,7 @@ fn the_program_is_small() {
     let profile = Profile::builtin("default").unwrap();
     for arch in SyscallArch::ALL {
         let program = SeccompPolicy::decide(&profile, Network::None, arch)
+            .unwrap()
             .compile()
             .unwrap();
         let len = program.instructions().len();
@@ -268,7 +269,7 @@ fn the_long_form_gives_the_short_forms_verdicts() {
         let profile = Profile::builtin(name).unwrap();
         for arch in SyscallArch::ALL {
             for network in [Network::None, Network::Loopback] {
-                let policy = SeccompPolicy::decide(&profile, network, arch);
+                let policy = SeccompPolicy::decide(&profile, network, arch).unwrap();
                 // The compiled program is the short form: the builtin profiles fit it.
                 let short = policy.compile().unwrap();
                 let short = short.instructions();
@@ -339,7 +340,7 @@ fn calyx_tables_agree_with_seccompiler_on_every_profile_name() {
     for name in builtin_names() {
         let profile = Profile::builtin(name).unwrap();
         for arch in SyscallArch::ALL {
-            let policy = SeccompPolicy::decide(&profile, Network::None, arch);
+            let policy = SeccompPolicy::decide(&profile, Network::None, arch).unwrap();
             for call in policy
                 .allow
                 .iter()
@@ -430,7 +431,7 @@ fn every_profile_compiles_for_every_arch_and_network() {
         let profile = Profile::builtin(name).unwrap();
         for arch in SyscallArch::ALL {
             for network in [Network::None, Network::Loopback] {
-                let policy = SeccompPolicy::decide(&profile, network, arch);
+                let policy = SeccompPolicy::decide(&profile, network, arch).unwrap();
                 let progs = policy
                     .compile()
                     .unwrap_or_else(|e| panic!("{name} {arch} {network:?}: {e}"));
@@ -448,6 +449,7 @@ fn a_bogus_syscall_name_fails_to_compile() {
     profile.syscalls = SyscallSet::parse("bogus", "read write\nnot_a_syscall\n").unwrap();
     for arch in SyscallArch::ALL {
         let err = SeccompPolicy::decide(&profile, Network::None, arch)
+            .unwrap()
             .compile()
             .unwrap_err();
         assert!(err.to_string().contains("not_a_syscall"), "{err}");
@@ -456,17 +458,20 @@ fn a_bogus_syscall_name_fails_to_compile() {
     profile.syscalls = SyscallSet::parse("unmarked", "open\n").unwrap();
     assert!(
         SeccompPolicy::decide(&profile, Network::None, SyscallArch::X86_64)
+            .unwrap()
             .compile()
             .is_ok()
     );
     assert!(
         SeccompPolicy::decide(&profile, Network::None, SyscallArch::Aarch64)
+            .unwrap()
             .compile()
             .is_err()
     );
     profile.syscalls = SyscallSet::parse("marked", "x86_64: open\n").unwrap();
     assert!(
         SeccompPolicy::decide(&profile, Network::None, SyscallArch::Aarch64)
+            .unwrap()
             .compile()
             .is_ok()
     );
@@ -541,6 +546,7 @@ fn verdict_table_for_both_architectures() {
     for arch in SyscallArch::ALL {
         for network in [Network::None, Network::Loopback] {
             let progs = SeccompPolicy::decide(&profile, network, arch)
+                .unwrap()
                 .compile()
                 .unwrap();
             for (net, name, args, want) in table {
@@ -561,6 +567,7 @@ fn verdict_table_for_both_architectures() {
 fn foreign_abis_are_refused() {
     let profile = Profile::builtin("default").unwrap();
     let progs = SeccompPolicy::decide(&profile, Network::None, SyscallArch::X86_64)
+        .unwrap()
         .compile()
         .unwrap();
     // x32 numbers share AUDIT_ARCH_X86_64 but never match an allowlisted number.
@@ -585,6 +592,7 @@ fn kill_profiles_kill_denied_calls_but_clone3_still_gets_enosys() {
     profile.on_deny = DenyAction::Kill;
     for arch in SyscallArch::ALL {
         let progs = SeccompPolicy::decide(&profile, Network::None, arch)
+            .unwrap()
             .compile()
             .unwrap();
         assert_eq!(
@@ -610,7 +618,7 @@ fn clone3_left_out_of_the_allowlist_is_denied_like_in_the_stack() {
     // as the stack did (its allowlist was the newest filter, so its EPERM won the tie).
     let profile = Profile::builtin("default").unwrap();
     for arch in SyscallArch::ALL {
-        let policy = SeccompPolicy::decide(&profile, Network::None, arch);
+        let policy = SeccompPolicy::decide(&profile, Network::None, arch).unwrap();
         assert!(policy.allow.iter().any(|n| n == "clone3"));
         let mut without = policy.clone();
         without.allow.retain(|n| n != "clone3");
@@ -628,6 +636,7 @@ fn clone3_left_out_of_the_allowlist_is_denied_like_in_the_stack() {
 fn status_line_names_the_policy() {
     let profile = Profile::builtin("default").unwrap();
     let progs = SeccompPolicy::decide(&profile, Network::Loopback, SyscallArch::X86_64)
+        .unwrap()
         .compile()
         .unwrap();
     let line = progs.status_line();
@@ -636,4 +645,142 @@ fn status_line_names_the_policy() {
         line.ends_with("deny=errno, sockets=AF_UNIX|AF_INET|AF_INET6, set-id modes refused"),
         "{line}"
     );
+}
+
+/// The text of `seccomp_builtin.rs` for the sources of this build: every built-in profile's
+/// program for each architecture and network mode, compiled now.
+fn builtin_table_text() -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "//! The seccomp programs of the built-in profiles, compiled ahead (see\n\
+         //! `seccomp::precompiled`). Data written by the test `builtin_programs_are_current`\n\
+         //! (`CALYX_BLESS=1 cargo test --lib builtin_programs_are_current`), never by hand.\n\
+         \n\
+         use super::{BuiltinProgram, insn};\n\
+         use crate::lease::model::Network;\n\
+         use crate::profile::{DenyAction, SyscallArch};\n\
+         \n\
+         /// The fingerprint of the sources this table was made from (`build.rs`).\n",
+    );
+    let _ = writeln!(
+        out,
+        "pub(super) const INPUTS: &str = \"{}\";\n",
+        env!("CALYX_SECCOMP_INPUTS")
+    );
+    out.push_str("pub(super) static PROGRAMS: &[BuiltinProgram] = &[\n");
+    let mut done = Vec::new();
+    for name in builtin_names() {
+        let profile = Profile::builtin(name).unwrap();
+        let set = profile.syscalls.builtin_name().unwrap().to_owned();
+        if done.contains(&(set.clone(), profile.on_deny)) {
+            continue;
+        }
+        done.push((set.clone(), profile.on_deny));
+        for arch in SyscallArch::ALL {
+            for network in [Network::None, Network::Loopback] {
+                let program = SeccompPolicy::decide(&profile, network, arch)
+                    .unwrap()
+                    .compile()
+                    .unwrap();
+                let _ = writeln!(
+                    out,
+                    "    BuiltinProgram {{\n        set: {set:?},\n        on_deny: DenyAction::{:?},\n        arch: SyscallArch::{arch:?},\n        network: Network::{network:?},\n        allowed: {},\n        filter: &[",
+                    profile.on_deny, program.allowed
+                );
+                for chunk in program.instructions().chunks(4) {
+                    let line: Vec<String> = chunk
+                        .iter()
+                        .map(|i| format!("insn({:#06x}, {}, {}, {:#x})", i.code, i.jt, i.jf, i.k))
+                        .collect();
+                    let _ = writeln!(out, "            {},", line.join(", "));
+                }
+                out.push_str("        ],\n    },\n");
+            }
+        }
+    }
+    out.push_str("];\n");
+    out
+}
+
+/// The precompiled table is what the sources compile to now, and it records their fingerprint
+/// (so [`BUILTIN_TABLE_CURRENT`] holds); with `CALYX_BLESS=1` the test writes it instead.
+#[test]
+fn builtin_programs_are_current() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/isolate/seccomp_builtin.rs");
+    let text = builtin_table_text();
+    if std::env::var_os("CALYX_BLESS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        on_disk == text,
+        "{} is not what the syscall sets, tables and seccomp code compile to now: \
+         regenerate it with `CALYX_BLESS=1 cargo test --lib builtin_programs_are_current`",
+        path.display()
+    );
+}
+
+/// A run under a built-in profile gets the table's program, the very one compiling the set
+/// gives; a profile whose set or deny action was changed gets its own program compiled.
+#[test]
+fn built_in_profiles_take_the_precompiled_program() {
+    let arch = SyscallArch::native().unwrap();
+    for name in builtin_names() {
+        let profile = Profile::builtin(name).unwrap();
+        for network in [Network::None, Network::Loopback] {
+            let ahead = precompiled(&profile, network, arch)
+                .unwrap_or_else(|| panic!("{name} {network:?}: no precompiled program"));
+            let now = SeccompPolicy::decide(&profile, network, arch)
+                .unwrap()
+                .compile()
+                .unwrap();
+            assert_eq!(
+                ahead.instructions(),
+                now.instructions(),
+                "{name} {network:?}"
+            );
+            assert_eq!(ahead.status_line(), now.status_line(), "{name} {network:?}");
+            assert_eq!(
+                build_program(&profile, network).unwrap().instructions(),
+                now.instructions()
+            );
+        }
+        let mut reparsed = profile.clone();
+        let text =
+            reparsed
+                .syscalls
+                .entries()
+                .unwrap()
+                .iter()
+                .fold(String::new(), |mut s, (a, n)| {
+                    if let Some(a) = a {
+                        s.push_str(&format!("{a}: "));
+                    }
+                    s.push_str(n);
+                    s.push('\n');
+                    s
+                });
+        reparsed.syscalls = SyscallSet::parse(name, &text).unwrap();
+        assert!(
+            precompiled(&reparsed, Network::None, arch).is_none(),
+            "{name}: parsed set"
+        );
+        let mut other_deny = profile.clone();
+        other_deny.on_deny = match profile.on_deny {
+            DenyAction::Errno => DenyAction::Kill,
+            DenyAction::Kill => DenyAction::Errno,
+        };
+        let built = build_program(&other_deny, Network::None).unwrap();
+        let now = SeccompPolicy::decide(&other_deny, Network::None, arch)
+            .unwrap()
+            .compile()
+            .unwrap();
+        assert_eq!(
+            built.instructions(),
+            now.instructions(),
+            "{name}: other deny action"
+        );
+    }
 }
