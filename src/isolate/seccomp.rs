@@ -667,7 +667,7 @@ pub fn build_program(profile: &Profile, network: Network) -> Result<SeccompProgr
 /// the sources this binary was built from. Parsing the set and compiling it took 0.14 ms
 /// before the clone at every run; the copy of the table's program takes about 1 us.
 ///
-/// The table is data written by [`tests::builtin_programs_are_current`], which compiles every
+/// The table is data written by the test `builtin_programs_are_current`, which compiles every
 /// entry again and fails when one differs or the sources changed since, and rewrites the file
 /// with `CALYX_BLESS=1`. `build.rs` fingerprints those sources (the syscall sets and tables,
 /// this module, `setid` and `profile`); a table made from other sources is never used, only
