@@ -673,11 +673,33 @@ pub fn build_program(profile: &Profile, network: Network) -> Result<SeccompProgr
 /// this module, `setid` and `profile`); a table made from other sources is never used, only
 /// slower to do without.
 fn precompiled(profile: &Profile, network: Network, arch: SyscallArch) -> Option<SeccompProgram> {
-    if !BUILTIN_TABLE_CURRENT {
-        return None;
-    }
+    let table = current_table(
+        builtin::INPUTS,
+        env!("CALYX_SECCOMP_INPUTS"),
+        builtin::PROGRAMS,
+    )?;
+    from_table(table, profile, network, arch)
+}
+
+/// `table` when the fingerprint it records is the build's, else None: a table made from
+/// other sources is never used.
+fn current_table<'t>(
+    recorded: &str,
+    built: &str,
+    table: &'t [BuiltinProgram],
+) -> Option<&'t [BuiltinProgram]> {
+    (recorded == built).then_some(table)
+}
+
+/// The program of `table` for `profile`'s built-in set and deny action, `network` and `arch`.
+fn from_table(
+    table: &[BuiltinProgram],
+    profile: &Profile,
+    network: Network,
+    arch: SyscallArch,
+) -> Option<SeccompProgram> {
     let set = profile.syscalls.builtin_name()?;
-    builtin::PROGRAMS
+    table
         .iter()
         .find(|b| {
             b.set == set && b.on_deny == profile.on_deny && b.arch == arch && b.network == network
@@ -689,24 +711,6 @@ fn precompiled(profile: &Profile, network: Network, arch: SyscallArch) -> Option
             on_deny: b.on_deny,
             network,
         })
-}
-
-/// Whether `seccomp_builtin.rs` was made from the sources of this build.
-const BUILTIN_TABLE_CURRENT: bool = same_str(builtin::INPUTS, env!("CALYX_SECCOMP_INPUTS"));
-
-const fn same_str(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 /// One program of the precompiled table.

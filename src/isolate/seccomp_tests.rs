@@ -703,7 +703,7 @@ fn builtin_table_text() -> String {
 }
 
 /// The precompiled table is what the sources compile to now, and it records their fingerprint
-/// (so [`BUILTIN_TABLE_CURRENT`] holds); with `CALYX_BLESS=1` the test writes it instead.
+/// (so the runner uses it); with `CALYX_BLESS=1` the test writes it instead.
 #[test]
 fn builtin_programs_are_current() {
     let path =
@@ -783,4 +783,22 @@ fn built_in_profiles_take_the_precompiled_program() {
             "{name}: other deny action"
         );
     }
+}
+
+/// A table that records another fingerprint than the build's is not used, whatever it holds.
+#[test]
+fn a_table_made_from_other_sources_is_not_used() {
+    let profile = Profile::builtin("default").unwrap();
+    let arch = SyscallArch::native().unwrap();
+    let built = env!("CALYX_SECCOMP_INPUTS");
+    let found = |recorded: &str| {
+        current_table(recorded, built, builtin::PROGRAMS)
+            .and_then(|t| from_table(t, &profile, Network::None, arch))
+    };
+    assert!(found(built).is_some());
+    let mut other: Vec<u8> = built.bytes().collect();
+    other[0] = if other[0] == b'0' { b'1' } else { b'0' };
+    assert!(found(std::str::from_utf8(&other).unwrap()).is_none());
+    assert!(found("").is_none());
+    assert!(found(&format!("{built}0")).is_none());
 }
