@@ -285,7 +285,7 @@ fn fifty_concurrent_connections_grant_exactly_max_uses() {
 fn the_wal_is_kept_small_by_finished_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join(format!("{FILE_NAME}-wal"));
-    let mut largest = 0;
+    let (mut largest, mut smallest_later) = (0, u64::MAX);
     for n in 0..60u32 {
         let mut l = SqliteLedger::open_in(tmp.path()).unwrap();
         let run = format!("RUN-{n}");
@@ -304,11 +304,22 @@ fn the_wal_is_kept_small_by_finished_runs() {
         )
         .unwrap();
         drop(l);
-        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        largest = largest.max(size);
+        if n >= 2 * CHECKPOINT_EVERY as u32 {
+            smallest_later = smallest_later.min(size);
+        }
     }
+    // Started over every CHECKPOINT_EVERY runs (60 runs without that: about 300 pages),
+    // never truncated: runs overwrite it once it has its size.
+    let page = 4096 + 24;
     assert!(
-        largest <= CHECKPOINT_AFTER + 64 * 1024,
+        largest <= 2 * CHECKPOINT_EVERY as u64 * 6 * page + 32,
         "WAL grew to {largest} bytes"
+    );
+    assert!(
+        smallest_later >= CHECKPOINT_EVERY as u64 * 2 * page,
+        "WAL shrank to {smallest_later} bytes"
     );
     let rows = SqliteLedger::open_in(tmp.path()).unwrap().list().unwrap();
     assert_eq!(rows.len(), 60);
