@@ -280,7 +280,9 @@ fn fifty_concurrent_connections_grant_exactly_max_uses() {
 }
 
 /// Runners are separate processes that never checkpoint on close: the WAL must still stay
-/// small (each new process reads all of it), and nothing may be lost by folding it back.
+/// small (each new process reads it since its last restart), be started over rather than
+/// truncated (so commits overwrite it instead of growing it), and nothing may be lost by
+/// folding it back.
 #[test]
 fn the_wal_is_kept_small_by_finished_runs() {
     let tmp = tempfile::tempdir().unwrap();
