@@ -14,19 +14,8 @@ fn main() {
     };
     // Every profile in the directory (`profile::BUILTIN_PROFILES_JSON` names the ones embedded).
     println!("cargo:rerun-if-changed=profiles");
-    let entries = match std::fs::read_dir("profiles") {
-        Ok(e) => e,
-        Err(e) => panic!("listing profiles/: {e}"),
-    };
-    for entry in entries {
-        let src = match entry {
-            Ok(e) => e.path(),
-            Err(e) => panic!("listing profiles/: {e}"),
-        };
-        let (Some(name), Some("toml")) = (
-            src.file_stem().and_then(|s| s.to_str()),
-            src.extension().and_then(|s| s.to_str()),
-        ) else {
+    for src in profile_files("toml") {
+        let Some(name) = src.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
         to_json(&src, &out.join(format!("profile-{name}.json")));
@@ -41,10 +30,27 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
 }
 
+/// `profiles/*.EXT`, sorted.
+fn profile_files(ext: &str) -> Vec<std::path::PathBuf> {
+    let entries = match std::fs::read_dir("profiles") {
+        Ok(e) => e,
+        Err(e) => panic!("listing profiles/: {e}"),
+    };
+    let mut files: Vec<std::path::PathBuf> = entries
+        .map(|entry| match entry {
+            Ok(e) => e.path(),
+            Err(e) => panic!("listing profiles/: {e}"),
+        })
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    files.sort();
+    files
+}
+
 /// The sources the precompiled seccomp programs (`src/isolate/seccomp_builtin.rs`) are made
-/// from: the syscall sets, the syscall tables and the code that parses and compiles them.
+/// from besides the syscall sets (`profiles/*.syscalls`): the syscall tables and the code that
+/// parses and compiles them.
 const SECCOMP_INPUTS: &[&str] = &[
-    "profiles",
     "src/profile.rs",
     "src/isolate/seccomp.rs",
     "src/isolate/setid.rs",
@@ -52,34 +58,15 @@ const SECCOMP_INPUTS: &[&str] = &[
     "src/isolate/syscalls_aarch64.rs",
 ];
 
-/// A fingerprint of [`SECCOMP_INPUTS`] (the `.syscalls` files of `profiles`), as
-/// `CALYX_SECCOMP_INPUTS`: the precompiled table records the one it was made with, and
+/// A fingerprint of the syscall sets and [`SECCOMP_INPUTS`], as `CALYX_SECCOMP_INPUTS`: the precompiled table records the one it was made with, and
 /// `isolate::seccomp` uses the table only when the two agree. FNV-1a: it tells versions of
 /// the sources apart, nothing more is asked of it.
 fn seccomp_inputs() {
-    let mut files = Vec::new();
+    let mut files = profile_files("syscalls");
     for input in SECCOMP_INPUTS {
         println!("cargo:rerun-if-changed={input}");
-        let path = std::path::Path::new(input);
-        if path.is_dir() {
-            let entries = match std::fs::read_dir(path) {
-                Ok(e) => e,
-                Err(e) => panic!("listing {input}: {e}"),
-            };
-            for entry in entries {
-                match entry {
-                    Ok(e) if e.path().extension().is_some_and(|x| x == "syscalls") => {
-                        files.push(e.path())
-                    }
-                    Ok(_) => {}
-                    Err(e) => panic!("listing {input}: {e}"),
-                }
-            }
-        } else {
-            files.push(path.to_owned());
-        }
+        files.push(std::path::PathBuf::from(input));
     }
-    files.sort();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
         for b in bytes {

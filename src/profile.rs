@@ -46,14 +46,15 @@ const BUILTIN_SYSCALL_SETS: &[(&str, &str)] = &[
 /// The text of built-in profile `name` in `table`; an unknown name is refused with the list of
 /// known ones.
 fn builtin_text(table: &[(&str, &'static str)], name: &str) -> Result<&'static str, ProfileError> {
-    table
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| ProfileError::Unknown {
-            name: name.to_owned(),
-            known: builtin_names().join(", "),
-        })
+    find_text(table, name).ok_or_else(|| ProfileError::Unknown {
+        name: name.to_owned(),
+        known: builtin_names().join(", "),
+    })
+}
+
+/// The text of `name` in a table of built-in texts.
+fn find_text(table: &[(&str, &'static str)], name: &str) -> Option<&'static str> {
+    table.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
 
 /// Names of the built-in profiles, in a stable order.
@@ -241,13 +242,10 @@ impl SyscallSet {
     /// The built-in set `name` (a file `profiles/NAME.syscalls`), if there is one. Not parsed
     /// here: see [`entries`](Self::entries).
     pub fn builtin(name: &str) -> Option<SyscallSet> {
-        BUILTIN_SYSCALL_SETS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(n, text)| SyscallSet {
-                name: (*n).to_owned(),
-                entries: Entries::Builtin(text),
-            })
+        find_text(BUILTIN_SYSCALL_SETS, name).map(|text| SyscallSet {
+            name: name.to_owned(),
+            entries: Entries::Builtin(text),
+        })
     }
 
     /// Parses the `.syscalls` format: whitespace-separated names, `#` comments, and lines

@@ -43,6 +43,14 @@ impl Call {
 }
 
 /// Runs one classic-BPF program (the subset seccompiler emits) on `call`.
+/// The program of `profile` under `network` for `arch`, compiled now.
+fn compiled(profile: &Profile, network: Network, arch: SyscallArch) -> SeccompProgram {
+    SeccompPolicy::decide(profile, network, arch)
+        .unwrap()
+        .compile()
+        .unwrap()
+}
+
 fn run(prog: &[sock_filter], call: &Call) -> u32 {
     let (mut acc, mut pc) = (0u32, 0usize);
     loop {
@@ -254,10 +262,7 @@ fn the_program_is_small() {
     // at every run. The short form of the search is about 130 (the long one about 300).
     let profile = Profile::builtin("default").unwrap();
     for arch in SyscallArch::ALL {
-        let program = SeccompPolicy::decide(&profile, Network::None, arch)
-            .unwrap()
-            .compile()
-            .unwrap();
+        let program = compiled(&profile, Network::None, arch);
         let len = program.instructions().len();
         assert!(len < 160, "{arch}: {len} instructions");
     }
@@ -545,10 +550,7 @@ fn verdict_table_for_both_architectures() {
     ];
     for arch in SyscallArch::ALL {
         for network in [Network::None, Network::Loopback] {
-            let progs = SeccompPolicy::decide(&profile, network, arch)
-                .unwrap()
-                .compile()
-                .unwrap();
+            let progs = compiled(&profile, network, arch);
             for (net, name, args, want) in table {
                 if *net != network {
                     continue;
@@ -566,10 +568,7 @@ fn verdict_table_for_both_architectures() {
 #[test]
 fn foreign_abis_are_refused() {
     let profile = Profile::builtin("default").unwrap();
-    let progs = SeccompPolicy::decide(&profile, Network::None, SyscallArch::X86_64)
-        .unwrap()
-        .compile()
-        .unwrap();
+    let progs = compiled(&profile, Network::None, SyscallArch::X86_64);
     // x32 numbers share AUDIT_ARCH_X86_64 but never match an allowlisted number.
     let x32_read = Call {
         nr: 0x4000_0000,
@@ -591,10 +590,7 @@ fn kill_profiles_kill_denied_calls_but_clone3_still_gets_enosys() {
     let mut profile = Profile::builtin("default").unwrap();
     profile.on_deny = DenyAction::Kill;
     for arch in SyscallArch::ALL {
-        let progs = SeccompPolicy::decide(&profile, Network::None, arch)
-            .unwrap()
-            .compile()
-            .unwrap();
+        let progs = compiled(&profile, Network::None, arch);
         assert_eq!(
             verdict(&progs, &call(arch, "reboot", [0; 6])),
             RET_KILL_PROCESS
@@ -635,10 +631,7 @@ fn clone3_left_out_of_the_allowlist_is_denied_like_in_the_stack() {
 #[test]
 fn status_line_names_the_policy() {
     let profile = Profile::builtin("default").unwrap();
-    let progs = SeccompPolicy::decide(&profile, Network::Loopback, SyscallArch::X86_64)
-        .unwrap()
-        .compile()
-        .unwrap();
+    let progs = compiled(&profile, Network::Loopback, SyscallArch::X86_64);
     let line = progs.status_line();
     assert!(line.starts_with("seccomp: "), "{line}");
     assert!(
@@ -678,10 +671,7 @@ fn builtin_table_text() -> String {
         done.push((set.clone(), profile.on_deny));
         for arch in SyscallArch::ALL {
             for network in [Network::None, Network::Loopback] {
-                let program = SeccompPolicy::decide(&profile, network, arch)
-                    .unwrap()
-                    .compile()
-                    .unwrap();
+                let program = compiled(&profile, network, arch);
                 let _ = writeln!(
                     out,
                     "    BuiltinProgram {{\n        set: {set:?},\n        on_deny: DenyAction::{:?},\n        arch: SyscallArch::{arch:?},\n        network: Network::{network:?},\n        allowed: {},\n        filter: &[",
@@ -732,10 +722,7 @@ fn built_in_profiles_take_the_precompiled_program() {
         for network in [Network::None, Network::Loopback] {
             let ahead = precompiled(&profile, network, arch)
                 .unwrap_or_else(|| panic!("{name} {network:?}: no precompiled program"));
-            let now = SeccompPolicy::decide(&profile, network, arch)
-                .unwrap()
-                .compile()
-                .unwrap();
+            let now = compiled(&profile, network, arch);
             assert_eq!(
                 ahead.instructions(),
                 now.instructions(),
@@ -773,10 +760,7 @@ fn built_in_profiles_take_the_precompiled_program() {
             DenyAction::Kill => DenyAction::Errno,
         };
         let built = build_program(&other_deny, Network::None).unwrap();
-        let now = SeccompPolicy::decide(&other_deny, Network::None, arch)
-            .unwrap()
-            .compile()
-            .unwrap();
+        let now = compiled(&other_deny, Network::None, arch);
         assert_eq!(
             built.instructions(),
             now.instructions(),
