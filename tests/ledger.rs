@@ -10,6 +10,7 @@ mod common;
 
 use std::ffi::OsString;
 use std::fs;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -43,10 +44,17 @@ fn ledger_locked_past_the_busy_timeout_refuses_as_root() {
     let mut s = Scene::new(5);
     let lease = s.sb.prepared_lease();
     s.run(user, &lease).assert_code(0);
-    let holder = rusqlite::Connection::open(s.sb.state_dir().join("ledger.sqlite")).unwrap();
-    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // The lease's file in the ledger, locked as a runner in the middle of its use holds it.
+    let files: Vec<_> = fs::read_dir(s.sb.state_dir().join("ledger"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "lease"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let holder = fs::File::open(&files[0]).unwrap();
+    calyx::sys::lock::lock_exclusive(holder.as_fd()).unwrap();
     let out = s.run(user, &lease);
-    holder.execute_batch("ROLLBACK").unwrap();
+    calyx::sys::lock::unlock(holder.as_fd()).unwrap();
     out.assert_code(125)
         .assert_stderr_has("stayed locked")
         .assert_stderr_has("refusing");
@@ -290,19 +298,21 @@ fn list_shows_uses_left_and_last_outcome(user: User) {
     );
 }
 
-/// The ledger path is taken by a directory, or the state dir is writable by others: 125,
+/// The ledger's directory is taken by a file, or the state dir is writable by others: 125,
 /// nothing ran, no start record.
 fn unusable_ledger_refuses_before_anything_runs(user: User) {
     let mut s = Scene::new(5);
     let lease = s.sb.prepared_lease();
     let state = s.sb.state_dir();
-    fs::create_dir_all(state.join("ledger.sqlite")).unwrap();
+    fs::create_dir_all(&state).unwrap();
+    fs::write(state.join("ledger"), "").unwrap();
     let out = s.run(user, &lease);
-    out.assert_code(125).assert_stderr_has("ledger.sqlite");
+    out.assert_code(125)
+        .assert_stderr_has(&format!("{}/ledger", state.display()));
     assert_eq!(s.ran(), 0, "ran without a ledger: {out}");
     assert_eq!(s.audit_count("exec_event.STARTED"), 0);
 
-    fs::remove_dir(state.join("ledger.sqlite")).unwrap();
+    fs::remove_file(state.join("ledger")).unwrap();
     let argv =
         s.sb.run_argv(user, &lease, &["/bin/sh", "-c", &s.script.clone()]);
     set_mode(&state, 0o777);
@@ -330,7 +340,8 @@ fn state_dir_not_writable(user: User) {
     chown(&state, 0);
     set_mode(&state, 0o755);
     let out = Running::start(&argv, &[], None).finish(run_deadline());
-    out.assert_code(125).assert_stderr_has("ledger.sqlite");
+    out.assert_code(125)
+        .assert_stderr_has(&format!("{}/ledger", state.display()));
     assert_eq!(s.ran(), 0, "ran without a ledger: {out}");
     assert_eq!(s.audit_count("exec_event.STARTED"), 0);
 }

@@ -19,7 +19,7 @@ use crate::lease::envelope::Envelope;
 use crate::lease::model::LEASE_PAYLOAD_TYPE;
 use crate::lease::verify::{self, VerifyError};
 use crate::ledger::{
-    LeaseRecord, LeaseStatus, Ledger, LedgerError, Refusal, Revoked, SqliteLedger, UseState,
+    FileLedger, LeaseRecord, LeaseStatus, Ledger, LedgerError, Refusal, Revoked, UseState,
 };
 use crate::paths::Locations;
 
@@ -118,7 +118,7 @@ pub fn revoke(args: &RevokeArgs) -> Result<(), LedgerCliError> {
         uid,
         &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
     );
-    let mut ledger = SqliteLedger::open_in(&loc.state_dir)?;
+    let mut ledger = FileLedger::open_in(&loc.state_dir)?;
     let now = OffsetDateTime::now_utc();
     let revoked = ledger.revoke(
         &target.lease_id,
@@ -170,7 +170,7 @@ pub fn list(args: &ListArgs) -> Result<(), LedgerCliError> {
     let uid = euid()?;
     let loc = locations(uid, args.state_dir.as_deref(), None);
     // Listing never creates a ledger.
-    let rows = match SqliteLedger::open_existing(&loc.state_dir)? {
+    let rows = match FileLedger::open_existing(&loc.state_dir)? {
         Some(mut ledger) => ledger.list()?,
         None => Vec::new(),
     };
@@ -205,7 +205,7 @@ pub struct Standing {
 pub fn standing(state_dir: Option<&Path>, lease: &LeaseRecord) -> Result<Standing, LedgerCliError> {
     let uid = euid()?;
     let loc = locations(uid, state_dir, None);
-    let (state, ledger) = match SqliteLedger::open_existing(&loc.state_dir)? {
+    let (state, ledger) = match FileLedger::open_existing(&loc.state_dir)? {
         Some(ledger) => (
             ledger.state_of(&lease.lease_id)?,
             Ok(ledger.path().to_owned()),

@@ -3,8 +3,7 @@
 //!
 //! Nothing of the ledger runs before the clone, where the runner must stay single-threaded:
 //! [`RunUse::begin`], called right after it, opens the ledger and takes the use on a thread of
-//! its own, so the open (the first statement rebuilds SQLite's WAL index) and the commit's
-//! fsync overlap the uid/gid maps, the sentinel's start and init building its view.
+//! its own, so the open and the write's fdatasync overlap the uid/gid maps, the sentinel's start and init building its view.
 //! [`RunUse::take`] waits for that answer before the payload may start; a refusal, or a
 //! ledger that cannot be opened or written, kills the unreleased init, so nothing of the
 //! payload has run (77 or 125).
@@ -15,7 +14,7 @@ use std::sync::mpsc::{Receiver, channel};
 
 use time::OffsetDateTime;
 
-use super::{Decision, LeaseRecord, Ledger, LedgerError, Refusal, RunEnd, SqliteLedger};
+use super::{Decision, FileLedger, LeaseRecord, Ledger, LedgerError, Refusal, RunEnd};
 use crate::lease::model::Lease;
 
 /// The storage a run uses: None only in a `bench-baseline` build (see Cargo.toml).
@@ -209,6 +208,7 @@ impl RunUse {
             return Ok(());
         };
         let end = RunEnd {
+            lease_id: self.record.lease_id.clone(),
             run_id: self.run_id.clone(),
             outcome: outcome.to_owned(),
             exit_code,
@@ -225,7 +225,7 @@ fn open_and_take(
     run_id: &str,
     granted: &mut dyn FnMut(),
 ) -> Taken {
-    match SqliteLedger::open_in(dir) {
+    match FileLedger::open_in(dir) {
         Ok(l) => {
             crate::timeline::mark("ledger opened");
             take_on(Some(Box::new(l)), record, run_id, granted)
@@ -290,7 +290,7 @@ mod tests {
         // Without begin, take does the work itself.
         let mut third = RunUse::in_dir(&dir, record(1), "RUN-3");
         assert!(matches!(third.take(), Err(UseStop::Refused(_))));
-        let rows = SqliteLedger::open_in(&dir).unwrap().list().unwrap();
+        let rows = FileLedger::open_in(&dir).unwrap().list().unwrap();
         assert_eq!(
             (rows[0].used, rows[0].last_run_id.as_deref()),
             (1, Some("RUN-1"))
@@ -317,7 +317,7 @@ mod tests {
         let (taken, ran) = third.take_beside(|| 3);
         assert!(taken.is_ok(), "{taken:?}");
         assert_eq!(ran, Some(3));
-        let rows = SqliteLedger::open_in(&dir).unwrap().list().unwrap();
+        let rows = FileLedger::open_in(&dir).unwrap().list().unwrap();
         assert_eq!(rows[0].used, 2);
     }
 
@@ -335,7 +335,7 @@ mod tests {
             granted();
             Err(LedgerError::Io {
                 op: "committing a use to",
-                path: "ledger.sqlite".into(),
+                path: "ledger/x.lease".into(),
                 source: std::io::Error::from_raw_os_error(libc::EIO),
             })
         }
@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn a_refused_use_records_nothing_and_names_the_reason() {
         let tmp = tempfile::tempdir().unwrap();
-        let open = || Box::new(SqliteLedger::open_in(tmp.path()).unwrap());
+        let open = || Box::new(FileLedger::open_in(tmp.path()).unwrap());
         let mut first = RunUse::with(open(), record(1), "RUN-1");
         first.take().unwrap();
         first.finish("exited", 0).unwrap();
@@ -399,7 +399,7 @@ mod tests {
         );
         assert!(second.refusal().is_some());
         second.finish("rejected", 77).unwrap();
-        let rows = SqliteLedger::open_in(tmp.path()).unwrap().list().unwrap();
+        let rows = FileLedger::open_in(tmp.path()).unwrap().list().unwrap();
         assert_eq!(rows[0].last_run_id.as_deref(), Some("RUN-1"));
         assert_eq!(rows[0].last_outcome.as_deref(), Some("exited"));
     }
