@@ -165,7 +165,7 @@ impl FileLedger {
         let Some(file) = open_lease_file(&path)? else {
             return Ok(UseState::default());
         };
-        let locked = self.lock(file, path, false, false, "reading")?;
+        let locked = holding(self.lock(file, path, false, false, "reading")?, lease_id)?;
         Ok(locked.stored.map_or_else(UseState::default, |s| UseState {
             used: s.used,
             revoked: s.revoked,
@@ -180,21 +180,13 @@ impl FileLedger {
             .join(format!("{}.lease", hex::encode(&digest[..16])))
     }
 
-    /// Opens (creating when `create`) and locks the file of `lease_id` and reads its record.
+    /// Opens the file of `lease_id` for writing (creating it when missing), takes its
+    /// exclusive lock and reads its record.
     fn open_locked(&self, lease_id: &str, op: &'static str) -> Result<Locked, LedgerError> {
         check_id(lease_id)?;
         let path = self.file_of(lease_id);
         let (file, created) = create_lease_file(&path)?;
-        let locked = self.lock(file, path, created, true, op)?;
-        if let Some(s) = &locked.stored
-            && s.lease_id != lease_id
-        {
-            return Err(LedgerError::Damaged {
-                path: locked.path.clone(),
-                why: format!("it holds lease {}, not {lease_id}", s.lease_id),
-            });
-        }
-        Ok(locked)
+        holding(self.lock(file, path, created, true, op)?, lease_id)
     }
 
     /// Takes the file's lock (waiting up to the busy timeout) and reads it.
@@ -481,6 +473,17 @@ impl Ledger for FileLedger {
         }
         rows.sort_by(|a, b| (&a.0, &a.1.lease_id).cmp(&(&b.0, &b.1.lease_id)));
         Ok(rows.into_iter().map(|(_, row)| row).collect())
+    }
+}
+
+/// `locked`, when its record (if any) is `lease_id`'s.
+fn holding(locked: Locked, lease_id: &str) -> Result<Locked, LedgerError> {
+    match &locked.stored {
+        Some(s) if s.lease_id != lease_id => Err(LedgerError::Damaged {
+            path: locked.path.clone(),
+            why: format!("it holds lease {}, not {lease_id}", s.lease_id),
+        }),
+        _ => Ok(locked),
     }
 }
 

@@ -206,6 +206,8 @@ fn a_file_of_another_lease_or_a_newer_format_is_refused() {
     std::fs::copy(l.file_of("LX"), l.file_of("LY")).unwrap();
     let err = l.consume(&record("LY", 5), "RUN-2", now()).unwrap_err();
     assert!(err.to_string().contains("holds lease LX, not LY"), "{err}");
+    let err = l.state_of("LY").unwrap_err();
+    assert!(matches!(err, LedgerError::Damaged { .. }), "{err}");
     // Slot 1 holds record 1: its version byte raised (and its digest with it, which covers
     // the header) reads as a newer calyx's file.
     let file = l.file_of("LX");
