@@ -35,16 +35,16 @@ pub const DIR_NAME: &str = "ledger";
 /// before anyone mistakes it for a hang.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The size of one record slot; a record is at most this minus [`SLOT_HEADER`] bytes.
+/// The size of one record slot; a record is at most this minus [`HEADER`] bytes.
 const SLOT: usize = 4096;
-/// Magic (8), sequence number (8), length (4), SHA-256 (32).
-const SLOT_HEADER: usize = 52;
-/// Where the last run's end is kept, and its size.
+/// Where the last run's end is kept, and the room for it.
 const END_AT: usize = 2 * SLOT;
 const END_SIZE: usize = 512;
-/// Magic (8), length (4), SHA-256 (32).
-const END_HEADER: usize = 44;
-/// The slots' magic: seven bytes and the format version.
+/// Every frame (a slot's record, the run's end) starts with its magic (7 bytes) and the format
+/// version (1), a sequence number (8, little-endian; 0 for the run's end), the payload's
+/// length (4) and a SHA-256 over these 20 bytes and the payload (32).
+const HEADER: usize = 52;
+/// The frames' magic.
 const SLOT_MAGIC: &[u8; 7] = b"calyxLR";
 const END_MAGIC: &[u8; 7] = b"calyxLE";
 /// The format this build writes; a newer one is refused rather than misread.
@@ -267,8 +267,9 @@ impl FileLedger {
         Ok(())
     }
 
-    /// Stores `stored` in a new or existing file without deciding anything (the import). An
-    /// existing record keeps the larger count and its own revocation.
+    /// Stores an imported lease in a new or existing file without deciding anything. An
+    /// existing record keeps the larger count and its own revocation; an imported reason
+    /// longer than [`MAX_REASON`] is cut (the old store had no limit), never the count.
     pub(super) fn merge(&self, imported: &ImportedLease) -> Result<(), LedgerError> {
         let mut locked = self.open_locked(&imported.lease_id, "importing into")?;
         let mut s = locked.stored.clone().unwrap_or_else(|| Stored {
@@ -285,7 +286,13 @@ impl FileLedger {
             .or_else(|| imported.expires_at.as_deref().map(label));
         s.max_uses = s.max_uses.or(imported.max_uses);
         s.used = s.used.max(imported.used);
-        s.revoked = s.revoked.or_else(|| imported.revoked.clone());
+        s.revoked = s.revoked.or_else(|| {
+            imported.revoked.as_ref().map(|r| Revocation {
+                at: cut(&r.at, MAX_LABEL),
+                by: cut(&r.by, MAX_LABEL),
+                reason: cut(&r.reason, MAX_REASON),
+            })
+        });
         if s.last_run_id.is_none() {
             s.last_run_id = imported.last_run_id.clone();
         }
@@ -517,12 +524,17 @@ fn unix_ns(t: OffsetDateTime) -> u64 {
     u64::try_from(t.unix_timestamp_nanos()).unwrap_or(0)
 }
 
-/// A display-only field, cut at a character boundary.
+/// A display-only field, cut to [`MAX_LABEL`] bytes.
 fn label(s: &str) -> String {
-    if s.len() <= MAX_LABEL {
+    cut(s, MAX_LABEL)
+}
+
+/// `s` in at most `max` bytes, cut at a character boundary and ending in `…` when cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = MAX_LABEL - '…'.len_utf8();
+    let mut end = max - '…'.len_utf8();
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -659,51 +671,14 @@ fn encode_slot(seq: u64, stored: &Stored, path: &Path) -> Result<Vec<u8>, Ledger
         path: path.to_owned(),
         why: format!("encoding its record: {e}"),
     })?;
-    if payload.len() > SLOT - SLOT_HEADER {
-        return Err(LedgerError::TooLong {
-            what: "lease record",
-            len: payload.len(),
-            max: SLOT - SLOT_HEADER,
-        });
-    }
-    let mut slot = Vec::with_capacity(SLOT_HEADER + payload.len());
-    slot.extend_from_slice(SLOT_MAGIC);
-    slot.push(FORMAT);
-    slot.extend_from_slice(&seq.to_le_bytes());
-    slot.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    let digest = Sha256::new()
-        .chain_update(&slot[..20])
-        .chain_update(&payload)
-        .finalize();
-    slot.extend_from_slice(&digest);
-    slot.extend_from_slice(&payload);
-    Ok(slot)
+    frame(SLOT_MAGIC, seq, &payload, SLOT, "lease record")
 }
 
 /// A slot's record: None when it is empty or does not check out (torn or never written).
 fn decode_slot(slot: &[u8], path: &Path) -> Result<Option<(u64, Stored)>, LedgerError> {
-    if slot.len() < SLOT_HEADER || &slot[..7] != SLOT_MAGIC {
-        return Ok(None);
-    }
-    if slot[7] > FORMAT {
-        return Err(LedgerError::Format {
-            path: path.to_owned(),
-            found: slot[7],
-            known: FORMAT,
-        });
-    }
-    let seq = u64::from_le_bytes(slot[8..16].try_into().unwrap_or_default());
-    let len = u32::from_le_bytes(slot[16..20].try_into().unwrap_or_default()) as usize;
-    let Some(payload) = slot.get(SLOT_HEADER..SLOT_HEADER + len) else {
+    let Some((seq, payload)) = unframe(slot, SLOT_MAGIC, path)? else {
         return Ok(None);
     };
-    let digest = Sha256::new()
-        .chain_update(&slot[..20])
-        .chain_update(payload)
-        .finalize();
-    if digest.as_slice() != &slot[20..52] {
-        return Ok(None);
-    }
     // Checksummed yet unreadable: written by something else, not torn.
     let stored = serde_json::from_slice(payload).map_err(|e| LedgerError::Damaged {
         path: path.to_owned(),
@@ -717,23 +692,7 @@ fn write_end(file: &File, path: &Path, ended: &Ended) -> Result<(), LedgerError>
         path: path.to_owned(),
         why: format!("encoding a run's end: {e}"),
     })?;
-    if payload.len() > END_SIZE - END_HEADER {
-        return Err(LedgerError::TooLong {
-            what: "run end",
-            len: payload.len(),
-            max: END_SIZE - END_HEADER,
-        });
-    }
-    let mut region = Vec::with_capacity(END_HEADER + payload.len());
-    region.extend_from_slice(END_MAGIC);
-    region.push(FORMAT);
-    region.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    let digest = Sha256::new()
-        .chain_update(&region[..12])
-        .chain_update(&payload)
-        .finalize();
-    region.extend_from_slice(&digest);
-    region.extend_from_slice(&payload);
+    let region = frame(END_MAGIC, 0, &payload, END_SIZE, "run end")?;
     file.write_all_at(&region, END_AT as u64)
         .map_err(|source| LedgerError::Io {
             op: "writing a run's end to",
@@ -746,22 +705,68 @@ fn write_end(file: &File, path: &Path, ended: &Ended) -> Result<(), LedgerError>
 fn read_end(file: &File, path: &Path) -> Result<Option<Ended>, LedgerError> {
     let mut buf = [0u8; END_SIZE];
     let n = read_upto(file, &mut buf, END_AT as u64, path)?;
-    let region = &buf[..n];
-    if region.len() < END_HEADER || &region[..7] != END_MAGIC {
+    Ok(unframe(&buf[..n], END_MAGIC, path)?.and_then(|(_, p)| serde_json::from_slice(p).ok()))
+}
+
+/// `payload` framed (see [`HEADER`]), refused when the frame would not fit in `room`.
+fn frame(
+    magic: &[u8; 7],
+    seq: u64,
+    payload: &[u8],
+    room: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, LedgerError> {
+    if HEADER + payload.len() > room {
+        return Err(LedgerError::TooLong {
+            what,
+            len: payload.len(),
+            max: room - HEADER,
+        });
+    }
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(magic);
+    out.push(FORMAT);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let digest = Sha256::new()
+        .chain_update(&out[..20])
+        .chain_update(payload)
+        .finalize();
+    out.extend_from_slice(&digest);
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// A frame's sequence number and payload: None when `buf` holds no frame with `magic` whose
+/// digest checks out (empty, torn, never written); an error for a newer format.
+fn unframe<'a>(
+    buf: &'a [u8],
+    magic: &[u8; 7],
+    path: &Path,
+) -> Result<Option<(u64, &'a [u8])>, LedgerError> {
+    if buf.len() < HEADER || &buf[..7] != magic {
         return Ok(None);
     }
-    let len = u32::from_le_bytes(region[8..12].try_into().unwrap_or_default()) as usize;
-    let Some(payload) = region.get(END_HEADER..END_HEADER + len) else {
+    if buf[7] > FORMAT {
+        return Err(LedgerError::Format {
+            path: path.to_owned(),
+            found: buf[7],
+            known: FORMAT,
+        });
+    }
+    let seq = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default());
+    let len = u32::from_le_bytes(buf[16..20].try_into().unwrap_or_default()) as usize;
+    let Some(payload) = buf.get(HEADER..HEADER + len) else {
         return Ok(None);
     };
     let digest = Sha256::new()
-        .chain_update(&region[..12])
+        .chain_update(&buf[..20])
         .chain_update(payload)
         .finalize();
-    if digest.as_slice() != &region[12..44] {
+    if digest.as_slice() != &buf[20..HEADER] {
         return Ok(None);
     }
-    Ok(serde_json::from_slice(payload).ok())
+    Ok(Some((seq, payload)))
 }
 
 /// Makes the names of new files in `dir` durable.
