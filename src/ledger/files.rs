@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use super::{
     Decision, LeaseRecord, LeaseStatus, Ledger, LedgerError, Revocation, Revoked, RunEnd, UseState,
-    decide, rfc3339,
+    decide, io_error, rfc3339,
 };
 
 /// The ledger's directory in the state directory.
@@ -119,16 +119,10 @@ impl FileLedger {
 
     /// Opens the ledger if one exists (for read-mostly commands that should not create one).
     pub fn open_existing(state_dir: &Path) -> Result<Option<FileLedger>, LedgerError> {
-        let exists = |p: PathBuf| match std::fs::symlink_metadata(&p) {
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(LedgerError::Io {
-                op: "inspecting",
-                path: p,
-                source,
-            }),
-            Ok(_) => Ok(true),
-        };
-        if exists(state_dir.join(DIR_NAME))? || exists(state_dir.join(super::import::FILE_NAME))? {
+        use super::import::present;
+        if present(&state_dir.join(DIR_NAME))?
+            || present(&state_dir.join(super::import::FILE_NAME))?
+        {
             return Self::open_in(state_dir).map(Some);
         }
         Ok(None)
@@ -247,17 +241,12 @@ impl FileLedger {
         locked
             .file
             .write_all_at(&slot, at)
-            .map_err(|source| LedgerError::Io {
-                op: "writing",
-                path: locked.path.clone(),
-                source,
-            })?;
+            .map_err(io_error("writing", &locked.path))?;
         before_sync();
-        locked.file.sync_data().map_err(|source| LedgerError::Io {
-            op: "syncing",
-            path: locked.path.clone(),
-            source,
-        })?;
+        locked
+            .file
+            .sync_data()
+            .map_err(io_error("syncing", &locked.path))?;
         if locked.created {
             sync_dir(&self.dir)?;
             locked.created = false;
@@ -310,11 +299,10 @@ impl FileLedger {
                 ended_at: imported.ended_at.clone().unwrap_or_default(),
             };
             write_end(&locked.file, &locked.path, &ended)?;
-            locked.file.sync_data().map_err(|source| LedgerError::Io {
-                op: "syncing",
-                path: locked.path.clone(),
-                source,
-            })?;
+            locked
+                .file
+                .sync_data()
+                .map_err(io_error("syncing", &locked.path))?;
         }
         Ok(())
     }
@@ -379,11 +367,8 @@ impl Ledger for FileLedger {
         // the caller's own sync may run beside this one.
         self.commit(&mut locked, &stored, &mut || granted())?;
         // Kept open for the run's end, unlocked: an open file description holds its flock.
-        crate::sys::lock::unlock(locked.file.as_fd()).map_err(|source| LedgerError::Io {
-            op: "unlocking",
-            path: locked.path.clone(),
-            source,
-        })?;
+        crate::sys::lock::unlock(locked.file.as_fd())
+            .map_err(io_error("unlocking", &locked.path))?;
         self.used = Some((lease.lease_id.clone(), locked.file));
         Ok(decision)
     }
@@ -453,18 +438,10 @@ impl Ledger for FileLedger {
     }
 
     fn list(&mut self) -> Result<Vec<LeaseStatus>, LedgerError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|source| LedgerError::Io {
-            op: "listing",
-            path: self.dir.clone(),
-            source,
-        })?;
+        let entries = std::fs::read_dir(&self.dir).map_err(io_error("listing", &self.dir))?;
         let mut rows = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|source| LedgerError::Io {
-                op: "listing",
-                path: self.dir.clone(),
-                source,
-            })?;
+            let entry = entry.map_err(io_error("listing", &self.dir))?;
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "lease") {
                 continue;
@@ -561,14 +538,18 @@ fn open_lease_file(path: &Path) -> Result<Option<File>, LedgerError> {
     }
 }
 
-/// Opens a lease's file for writing, made 0600 when missing (true: made here).
+/// Opens a lease's file for writing, made 0600 when missing (true: made here). The file of a
+/// lease used before exists: that open comes first, one system call for every later use.
 fn create_lease_file(path: &Path) -> Result<(File, bool), LedgerError> {
-    match opened(path, true) {
-        Ok(f) => Ok((f, true)),
-        Err(LedgerError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => {
-            Ok((writable(path)?, false))
-        }
-        Err(e) => Err(e),
+    let io_kind = |e: &LedgerError, kind| matches!(e, LedgerError::Io { source, .. } if source.kind() == kind);
+    match writable(path) {
+        Err(e) if io_kind(&e, ErrorKind::NotFound) => match opened(path, true) {
+            Ok(f) => Ok((f, true)),
+            // Made by another runner in between.
+            Err(e) if io_kind(&e, ErrorKind::AlreadyExists) => Ok((writable(path)?, false)),
+            Err(e) => Err(e),
+        },
+        other => other.map(|f| (f, false)),
     }
 }
 
@@ -592,16 +573,8 @@ fn open_checked(path: &Path, o: &mut OpenOptions) -> Result<File, LedgerError> {
     let file = o
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|source| LedgerError::Io {
-            op: "opening",
-            path: path.to_owned(),
-            source,
-        })?;
-    let meta = file.metadata().map_err(|source| LedgerError::Io {
-        op: "inspecting",
-        path: path.to_owned(),
-        source,
-    })?;
+        .map_err(io_error("opening", path))?;
+    let meta = file.metadata().map_err(io_error("inspecting", path))?;
     if !meta.is_file() {
         return Err(LedgerError::Damaged {
             path: path.to_owned(),
@@ -694,11 +667,7 @@ fn write_end(file: &File, path: &Path, ended: &Ended) -> Result<(), LedgerError>
     })?;
     let region = frame(END_MAGIC, 0, &payload, END_SIZE, "run end")?;
     file.write_all_at(&region, END_AT as u64)
-        .map_err(|source| LedgerError::Io {
-            op: "writing a run's end to",
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(io_error("writing a run's end to", path))
 }
 
 /// The last run's end, if one was recorded and is intact.
@@ -773,44 +742,28 @@ fn unframe<'a>(
 fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| LedgerError::Io {
-            op: "syncing the directory",
-            path: dir.to_owned(),
-            source,
-        })
+        .map_err(io_error("syncing the directory", dir))
 }
 
 /// Creates `dir` (0700) if missing, and refuses one that others may write: they could delete
 /// the ledger's files and with them every count and revocation. True when it was made here.
 fn prepare_dir(dir: &Path, what: &'static str) -> Result<bool, LedgerError> {
-    let made = match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => true,
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+    // Looked at first: it exists at every run but a state directory's first.
+    let (meta, made) = match std::fs::metadata(dir) {
+        Ok(meta) => (meta, false),
         Err(e) if e.kind() == ErrorKind::NotFound => {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|source| LedgerError::Io {
-                    op: "creating the directory",
-                    path: dir.to_owned(),
-                    source,
-                })?;
-            true
+                .map_err(io_error("creating the directory", dir))?;
+            (
+                std::fs::metadata(dir).map_err(io_error("inspecting", dir))?,
+                true,
+            )
         }
-        Err(source) => {
-            return Err(LedgerError::Io {
-                op: "creating the directory",
-                path: dir.to_owned(),
-                source,
-            });
-        }
+        Err(e) => return Err(io_error("inspecting", dir)(e)),
     };
-    let meta = std::fs::metadata(dir).map_err(|source| LedgerError::Io {
-        op: "inspecting",
-        path: dir.to_owned(),
-        source,
-    })?;
     if !meta.is_dir() {
         return Err(LedgerError::Io {
             op: "using as a directory",

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use super::files::{FileLedger, ImportedLease};
-use super::{LedgerError, Revocation};
+use super::{LedgerError, Revocation, io_error};
 
 /// The earlier ledger's file name in the state directory.
 pub const FILE_NAME: &str = "ledger.sqlite";
@@ -24,12 +24,8 @@ pub fn if_present(state_dir: &Path, ledger: &FileLedger) -> Result<(), LedgerErr
     if !present(&old)? {
         return Ok(());
     }
-    let io = |op: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| LedgerError::Io { op, path, source }
-    };
-    let dir = std::fs::File::open(ledger.path()).map_err(io("opening", ledger.path()))?;
-    crate::sys::lock::lock_exclusive(dir.as_fd()).map_err(io("locking", ledger.path()))?;
+    let dir = std::fs::File::open(ledger.path()).map_err(io_error("opening", ledger.path()))?;
+    crate::sys::lock::lock_exclusive(dir.as_fd()).map_err(io_error("locking", ledger.path()))?;
     if !present(&old)? {
         return Ok(());
     }
@@ -57,7 +53,7 @@ pub fn if_present(state_dir: &Path, ledger: &FileLedger) -> Result<(), LedgerErr
     }
     std::fs::File::open(state_dir)
         .and_then(|d| d.sync_all())
-        .map_err(io("syncing the directory", state_dir))?;
+        .map_err(io_error("syncing the directory", state_dir))?;
     eprintln!(
         "calyx: imported {} lease(s) from {} into {}; the old file is kept as {}",
         leases.len(),
@@ -68,15 +64,12 @@ pub fn if_present(state_dir: &Path, ledger: &FileLedger) -> Result<(), LedgerErr
     Ok(())
 }
 
-fn present(path: &Path) -> Result<bool, LedgerError> {
+/// Whether something (of any type, a symlink not followed) is at `path`.
+pub(super) fn present(path: &Path) -> Result<bool, LedgerError> {
     match std::fs::symlink_metadata(path) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(LedgerError::Io {
-            op: "inspecting",
-            path: path.to_owned(),
-            source,
-        }),
+        Err(e) => Err(io_error("inspecting", path)(e)),
     }
 }
 

@@ -46,7 +46,7 @@ pub mod import;
 pub mod run_use;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -362,6 +362,15 @@ pub enum LedgerError {
         /// The most the ledger keeps.
         max: usize,
     },
+}
+
+/// The [`LedgerError::Io`] for `op` on `path`, as a `map_err` argument.
+pub(crate) fn io_error(
+    op: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> LedgerError {
+    let path = path.to_owned();
+    move |source| LedgerError::Io { op, path, source }
 }
 
 /// RFC 3339 text of `t` (seconds precision is what people read in `list`).
