@@ -390,6 +390,46 @@ fn joining_the_ending_stops_a_watcher_with_nothing_to_wake_it() {
 }
 
 #[test]
+fn a_finished_watcher_runs_the_work_handed_over_on_its_own_thread() {
+    // calyx-run hands its teardown to the watcher's thread at the payload's exit: the work
+    // runs once, on that thread, after the watch (no event after `finish`), and the handle
+    // returned waits for it; a watcher never handed anything just ends.
+    let scratch = Scratch::new("handover");
+    let mut run = Run::create(&scratch.layout, "handover", &LimitSpec::default());
+    run.spawn_placed(&["true"]);
+    let (tx, rx) = mpsc::channel();
+    let config = WatchConfig {
+        monitor_interval: Some(Duration::from_millis(1)),
+        psi_trigger: None,
+        ..WatchConfig::default()
+    };
+    let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
+    run.release();
+    let status = run.wait(0, Duration::from_secs(20)).expect("payload ended");
+    assert!(status.success(), "{status:?}");
+    let (_usage, ending) = sentinel.finish();
+    let _: Vec<SentinelEvent> = rx.try_iter().collect();
+    let (ran_tx, ran_rx) = mpsc::channel();
+    let caller = std::thread::current().id();
+    let handle = ending
+        .hand_over(Box::new(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = ran_tx.send(std::thread::current().id());
+        }))
+        .unwrap_or_else(|_| panic!("the watcher's thread is gone"));
+    let watcher = handle.thread().id();
+    handle.join().expect("the watcher's thread panicked");
+    let ran_on = ran_rx
+        .try_recv()
+        .expect("the work had not run when the handle returned");
+    assert_eq!(ran_on, watcher);
+    assert_ne!(ran_on, caller);
+    assert!(ran_rx.try_recv().is_err(), "ran twice");
+    let after: Vec<SentinelEvent> = rx.try_iter().collect();
+    assert!(after.is_empty(), "sent after finish: {after:?}");
+}
+
+#[test]
 fn stale_cgroup_of_a_killed_runner_is_cleaned_up() {
     let scratch = Scratch::new("stale");
     // A runner SIGKILLed mid-run never calls remove(): simulate by forgetting the handle.

@@ -581,11 +581,18 @@ pub fn run(
     report
 }
 
-/// Stage 15 on a thread of its own: reaping init when the run closed at the payload's exit,
-/// then removing the cgroup; it also collects the sweep for cgroups of SIGKILLed runners.
-/// [`Teardown::wait`] (or dropping it) waits for all of it.
+/// Stage 15 beside the closing record: reaping init when the run closed at the payload's
+/// exit, then removing the cgroup; it also collects the sweep for cgroups of SIGKILLed
+/// runners. It runs on the sentinel's thread once its watch is over, or on a thread of its
+/// own where there is no sentinel. [`Teardown::wait`] (or dropping it) waits for all of it.
 #[derive(Debug, Default)]
-pub struct Teardown(Option<std::thread::JoinHandle<()>>);
+pub struct Teardown(Option<Joiner>);
+
+#[derive(Debug)]
+enum Joiner {
+    Own(std::thread::JoinHandle<()>),
+    Sentinel(std::thread::JoinHandle<crate::sentinel::watch::Usage>),
+}
 
 type TeardownWork = Box<dyn FnOnce() + Send>;
 
@@ -600,11 +607,6 @@ impl Teardown {
             return Self(None);
         }
         let work: TeardownWork = Box::new(move || {
-            // The sentinel's watcher, finished at the payload's exit: it acts no more, and it
-            // is gone before its cgroup is.
-            if let Some(w) = watcher {
-                w.join();
-            }
             if let Some((pid, pidfd)) = unreaped {
                 // init ends on its own once the payload is gone (and the kernel empties its
                 // pid namespace before init's exit completes). One still there after the
@@ -627,6 +629,15 @@ impl Teardown {
                 let _ = h.join();
             }
         });
+        // The sentinel's watcher, finished at the payload's exit, acts no more: its thread
+        // takes the work (and so is done watching before the cgroup goes).
+        let work = match watcher {
+            Some(w) => match w.hand_over(work) {
+                Ok(handle) => return Self(Some(Joiner::Sentinel(handle))),
+                Err(work) => work,
+            },
+            None => work,
+        };
         // Shared so that a failed spawn leaves the work here to be done on this thread.
         let slot = Arc::new(std::sync::Mutex::new(Some(work)));
         let theirs = Arc::clone(&slot);
@@ -634,7 +645,7 @@ impl Teardown {
             .name("calyx:teardown".into())
             .spawn(move || take_work(&theirs).map_or((), |w| w()));
         match spawned {
-            Ok(h) => Self(Some(h)),
+            Ok(h) => Self(Some(Joiner::Own(h))),
             Err(e) => {
                 eprintln!("calyx-run: starting the teardown thread: {e} (tearing down here)");
                 if let Some(w) = take_work(&slot) {
@@ -651,8 +662,10 @@ impl Teardown {
     }
 
     fn join(&mut self) {
-        if let Some(h) = self.0.take() {
-            let _ = h.join();
+        match self.0.take() {
+            Some(Joiner::Own(h)) => drop(h.join()),
+            Some(Joiner::Sentinel(h)) => drop(h.join()),
+            None => {}
         }
     }
 }
