@@ -460,6 +460,10 @@ fn run_planned(
         plan,
         enforcement: &enforcement,
         exe_job,
+        copy_dir: receipt
+            .filter(|r| r.key.is_ok())
+            .map(|r| r.state_dir.as_path()),
+        copy: None,
         lease_use: &mut lease_use,
         opening: verified,
     };
@@ -482,6 +486,7 @@ fn run_planned(
         &mut teardown,
     );
     let exe_job = hooks.exe_job.take();
+    let copy = hooks.copy.take();
     let opening = hooks.opening.clone();
     // A use the ledger refused stopped the run before its payload: a lease refusal (77).
     if let Some(refusal) = lease_use.refusal() {
@@ -562,7 +567,7 @@ fn run_planned(
     match (&closing, receipt, &signed) {
         (Ok(()), Some(r), Some(env)) => {
             crate::timeline::mark("closing record synced");
-            run_outputs::write_receipt_copy(r, result, env);
+            run_outputs::write_receipt_copy(r, result, env, copy);
             crate::timeline::mark("receipt copy written");
         }
         (Ok(()), ..) => crate::timeline::mark("closing record synced"),
@@ -594,6 +599,10 @@ struct Hooks<'a> {
     enforcement: &'a Enforcement,
     /// The executable digest, hashed on a thread from here on (see receipt::exe).
     exe_job: Option<crate::receipt::ExeDigestJob>,
+    /// Where the receipt's copy goes, for a run that will have a receipt.
+    copy_dir: Option<&'a Path>,
+    /// The copy's file, made ready while the payload runs (see receipt::CopyFile).
+    copy: Option<Result<crate::receipt::CopyFile, crate::receipt::ReceiptError>>,
     lease_use: &'a mut RunUse,
     /// The run's opening audit line, which its receipt points at: VERIFIED, then STARTED once
     /// that is written.
@@ -611,6 +620,8 @@ impl parent::RunHooks for Hooks<'_> {
     fn started(&mut self) {
         // The executable's digest is needed only by the receipt: hashed beside the payload.
         self.exe_job = self.exe_job.take().map(crate::receipt::ExeDigestJob::start);
+        // And the receipt's copy is made ready meanwhile: at the end it is a write and a link.
+        self.copy = self.copy_dir.map(crate::receipt::CopyFile::prepare);
     }
 
     fn released(&mut self) -> Result<(), String> {

@@ -197,8 +197,20 @@ pub fn sign_receipt(
 /// Writes the copy of a signed receipt to `STATE_DIR/receipts/<run id>.json` once the closing
 /// record carrying it is written, and records its path (or why there is none) on stderr and
 /// in the result.
-pub fn write_receipt_copy(inputs: &ReceiptInputs, result: &mut RunResult, env: &Envelope) {
-    match receipt::write_copy(&inputs.state_dir, &result.run_id, &env.to_json_pretty()) {
+pub fn write_receipt_copy(
+    inputs: &ReceiptInputs,
+    result: &mut RunResult,
+    env: &Envelope,
+    prepared: Option<Result<receipt::CopyFile, receipt::ReceiptError>>,
+) {
+    let text = env.to_json_pretty();
+    let written = match prepared {
+        Some(Ok(copy)) => copy.write(&result.run_id, &text),
+        Some(Err(e)) => Err(e),
+        // The payload never started (a refused use): nothing was made ready.
+        None => receipt::write_copy(&inputs.state_dir, &result.run_id, &text),
+    };
+    match written {
         // Silent on success, like the rest of a good run: the path is in the JSON result
         // (`receipt`) and is always STATE_DIR/receipts/<run id>.json.
         Ok(path) => result.receipt = Some(path),

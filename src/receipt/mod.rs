@@ -240,6 +240,20 @@ pub fn sign_envelope(receipt: &Receipt, key: &SigningKey) -> Result<Envelope, Re
 /// a power loss the file may be missing or torn (a torn one fails verification); `calyx
 /// receipt get RUN-ID` writes it again from the log.
 pub fn write_copy(state_dir: &Path, run_id: &str, text: &str) -> Result<PathBuf, ReceiptError> {
+    let dir = receipts_dir(state_dir)?;
+    let path = dir.join(copy_name(run_id));
+    crate::lease::write_file_unsynced(&path, text.as_bytes(), 0o644).map_err(|source| {
+        ReceiptError::Io {
+            op: "writing receipt",
+            path: path.clone(),
+            source,
+        }
+    })?;
+    Ok(path)
+}
+
+/// `STATE_DIR/receipts`, made (0700) if missing.
+fn receipts_dir(state_dir: &Path) -> Result<PathBuf, ReceiptError> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = state_dir.join("receipts");
     std::fs::DirBuilder::new()
@@ -251,15 +265,86 @@ pub fn write_copy(state_dir: &Path, run_id: &str, text: &str) -> Result<PathBuf,
             path: dir.clone(),
             source,
         })?;
-    let path = dir.join(format!("{run_id}.json"));
-    crate::lease::write_file_unsynced(&path, text.as_bytes(), 0o644).map_err(|source| {
-        ReceiptError::Io {
-            op: "writing receipt",
-            path: path.clone(),
+    Ok(dir)
+}
+
+fn copy_name(run_id: &str) -> String {
+    format!("{run_id}.json")
+}
+
+/// A receipt's copy made ready while the payload runs, so that writing it once the closing
+/// record is synced is one write and one link rather than creating a file and renaming it
+/// (about 0.1 ms less between the payload's exit and calyx-run's): an unnamed file
+/// (`O_TMPFILE`, 0644 less the umask, as [`write_copy`]) in `STATE_DIR/receipts` that gets its
+/// name only once complete. As with [`write_copy`] the name never shows a partial file; and a
+/// runner that dies first leaves nothing behind, not even a temporary. Where the filesystem
+/// has no `O_TMPFILE`, or the link fails, [`CopyFile::write`] falls back to [`write_copy`].
+#[derive(Debug)]
+pub struct CopyFile {
+    state_dir: PathBuf,
+    dir: std::fs::File,
+    unnamed: Option<std::fs::File>,
+}
+
+impl CopyFile {
+    /// Makes the receipt directory if needed and opens the unnamed file in it.
+    pub fn prepare(state_dir: &Path) -> Result<CopyFile, ReceiptError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir_path = receipts_dir(state_dir)?;
+        let io = |op, source| ReceiptError::Io {
+            op,
+            path: dir_path.clone(),
             source,
+        };
+        let dir = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&dir_path)
+            .map_err(|e| io("opening the receipt directory", e))?;
+        let unnamed = match std::fs::File::options()
+            .write(true)
+            .mode(0o644)
+            .custom_flags(libc::O_TMPFILE)
+            .open(&dir_path)
+        {
+            Ok(f) => Some(f),
+            // No O_TMPFILE on this filesystem (EOPNOTSUPP), or a kernel that takes the flag
+            // for O_DIRECTORY alone (EISDIR): the copy is written the other way.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => None,
+            Err(e) => return Err(io("creating the receipt copy in", e)),
+        };
+        Ok(CopyFile {
+            state_dir: state_dir.to_owned(),
+            dir,
+            unnamed,
+        })
+    }
+
+    /// Writes `text` (from [`sign`]) and names the file `<run id>.json`; the path written.
+    pub fn write(self, run_id: &str, text: &str) -> Result<PathBuf, ReceiptError> {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let Some(mut file) = self.unnamed else {
+            return write_copy(&self.state_dir, run_id, text);
+        };
+        let name = copy_name(run_id);
+        let path = self.state_dir.join("receipts").join(&name);
+        file.write_all(text.as_bytes())
+            .map_err(|source| ReceiptError::Io {
+                op: "writing receipt",
+                path: path.clone(),
+                source,
+            })?;
+        let linked = std::ffi::CString::new(name)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+            .and_then(|c| crate::sys::fs::link_open_file(file.as_fd(), self.dir.as_fd(), &c));
+        match linked {
+            Ok(()) => Ok(path),
+            // No /proc to link through, a name taken, a directory replaced: the other way,
+            // which reports its own error.
+            Err(_) => write_copy(&self.state_dir, run_id, text),
         }
-    })?;
-    Ok(path)
+    }
 }
 
 /// The signed envelope a closing audit line carries, as the text of a receipt file (pretty
@@ -451,5 +536,44 @@ mod tests {
             from_audit_line(&serde_json::json!({AUDIT_FIELD: "text"})),
             None
         );
+    }
+    /// Names in a directory, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_prepared_copy_is_named_only_once_written_and_leaves_nothing_when_dropped() {
+        use std::os::unix::fs::PermissionsExt;
+        let state = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let text = sign(&sample(), &key).unwrap();
+        // Prepared: the directory exists (0700) and holds no name yet.
+        let copy = CopyFile::prepare(state.path()).unwrap();
+        let dir = state.path().join("receipts");
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+        let path = copy.write("RUN-1", &text).unwrap();
+        assert_eq!(path, dir.join("RUN-1.json"));
+        assert_eq!(names(&dir), ["RUN-1.json"]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        assert_eq!(verify_file(&path, &key.verifying_key()).unwrap(), sample());
+        // A copy prepared and never written (the closing record was not synced) leaves no
+        // file behind, named or not.
+        drop(CopyFile::prepare(state.path()).unwrap());
+        assert_eq!(names(&dir), ["RUN-1.json"]);
+        // A name already taken is replaced, as write_copy does.
+        let again = CopyFile::prepare(state.path()).unwrap();
+        again.write("RUN-1", "{}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+        assert_eq!(names(&dir), ["RUN-1.json"]);
     }
 }

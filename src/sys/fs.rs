@@ -316,6 +316,25 @@ pub fn open_write_at(dir: BorrowedFd<'_>, path: &CStr) -> io::Result<std::os::fd
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
+/// `linkat(AT_FDCWD, "/proc/self/fd/FD", dir, name, AT_SYMLINK_FOLLOW)`: gives the unnamed
+/// file open at `fd` (an `O_TMPFILE`) the name `name` in `dir`; EEXIST if the name is taken.
+/// Through /proc rather than `AT_EMPTY_PATH`, which needs CAP_DAC_READ_SEARCH.
+pub fn link_open_file(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: both paths are NUL-terminated and `dir` is a live descriptor.
+    check_int(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
 /// `open(path, O_PATH | O_CLOEXEC)`, following symbolic links: a handle that names a file
 /// without opening it (no read access needed, no device opened, no FIFO waited on). Not
 /// through `OpenOptions::custom_flags`: the standard library masks `O_ACCMODE` out of those
