@@ -50,6 +50,7 @@ both_users!(
     write_grant_swapped_for_symlink_during_setup,
     fill_tmp,
     mount_flags,
+    mounts_private_where_the_host_shares,
     landlock_beneath_the_mounts,
     // exec
     exec_from_write_only_grant,

@@ -230,12 +230,12 @@ pub fn clone_tree(fd: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// `mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE)`: adds `set` to every mount of a
-/// (detached) tree.
+/// (detached) tree and makes each one private (it neither receives nor sends mount events).
 pub fn mount_setattr_tree(fd: BorrowedFd<'_>, set: u64) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: 0,
-        propagation: 0,
+        propagation: libc::MS_PRIVATE as u64,
         userns_fd: 0,
     };
     // SAFETY: `attr` is live and sized as passed; the empty path is NUL-terminated.

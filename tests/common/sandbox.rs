@@ -44,6 +44,9 @@ pub enum Wiring {
     NoUserNamespaces,
     /// calyx-run starts with stdin, stdout and stderr closed.
     ClosedStdio,
+    /// calyx-run starts in a mount namespace of its own (made by root with util-linux's
+    /// unshare) where every mount is shared, as systemd leaves a host's mounts.
+    SharedMounts,
 }
 
 /// One sandbox scenario: a temp dir (0755, so nobody can traverse it), two keys, a trust
@@ -391,6 +394,18 @@ impl Sandbox {
                 argv.extend([PYTHON, "-c", PTY_WRAPPER].map(OsString::from));
             }
             Wiring::NoUserNamespaces => {}
+            Wiring::SharedMounts => {
+                argv.extend(
+                    [
+                        "/usr/bin/unshare",
+                        "--mount",
+                        "--propagation",
+                        "shared",
+                        "--",
+                    ]
+                    .map(OsString::from),
+                );
+            }
             Wiring::ClosedStdio => {
                 // Whatever calyx-run opens first would land on 0-2 and, unless it takes
                 // care, be inherited by the payload as its stdio.

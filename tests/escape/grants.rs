@@ -6,7 +6,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, PAYLOAD_DONE, Sandbox, User, set_mode, unique};
+use crate::common::{self, Outcome, PAYLOAD_DONE, Sandbox, User, Wiring, set_mode, unique};
 use crate::{READ_DENIED, WRITE_DENIED, s};
 
 pub(crate) fn read_outside_grant(user: User) {
@@ -357,6 +357,42 @@ sys.exit(42)
     );
 }
 
+/// Prints each mount of the view with its propagation (the optional fields of mountinfo up
+/// to the separator: `shared:N`, `master:N`, `propagate_from:N`, or none for a private one).
+const PRINT_PROPAGATION: &str = r#"
+for line in open("/proc/self/mountinfo"):
+    f = line.split()
+    print(f"propagation {f[4]} {' '.join(f[6:f.index('-')]) or 'private'}")
+"#;
+
+/// Every mount of the view is private: none sends mount events to the host's namespace or
+/// receives them from it (a host mount under a bound path would appear inside without the
+/// view's flags).
+fn assert_all_private(out: &Outcome) {
+    let propagation: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("propagation "))
+        .collect();
+    assert!(propagation.len() >= 5, "too few mounts parsed: {out}");
+    for p in &propagation {
+        assert!(
+            p.ends_with(" private"),
+            "a mount that propagates: {p}: {out}"
+        );
+    }
+}
+
+pub(crate) fn mounts_private_where_the_host_shares(user: User) {
+    // On a systemd host every mount is shared. The kernel makes the copies in the sandbox's
+    // (less privileged) mount namespace slaves, which still receive the host's mount events;
+    // the view's binds must not. Here calyx-run starts where every mount is shared.
+    let mut sb = Sandbox::new().wiring(Wiring::SharedMounts);
+    let out = sb.run_py(user, &format!("{PRINT_PROPAGATION}\nsys.exit(42)"), &[]);
+    out.assert_code(PAYLOAD_DONE);
+    assert_all_private(&out);
+}
+
 pub(crate) fn mount_flags(user: User) {
     // SPEC §4.2: every mount nosuid and nodev (device binds under /dev excepted, they would
     // not work otherwise), what is not granted exec is noexec, read grants read-only, and
@@ -372,6 +408,7 @@ pub(crate) fn mount_flags(user: User) {
 for line in open("/proc/self/mountinfo"):
     f = line.split()
     print(f"mount {f[4]} {f[5]}")
+    print(f"propagation {f[4]} {' '.join(f[6:f.index('-')]) or 'private'}")
 attempt("dev_create", lambda: open("/dev/planted", "w").write("x"))
 attempt("root_create", lambda: open("/planted", "w").write("x"))
 sys.exit(42)
@@ -389,6 +426,7 @@ sys.exit(42)
         .map(|(point, opts)| (point, opts.split(',').collect()))
         .collect();
     assert!(mounts.len() >= 5, "too few mounts parsed: {out}");
+    assert_all_private(&out);
     let find = |want: &Path| {
         mounts
             .iter()

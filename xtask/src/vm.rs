@@ -63,6 +63,7 @@ const HOST_FILES: &[(&str, &str)] = &[
     ("/usr/bin/objcopy", "binutils"),
     ("/usr/bin/python3", "python3"),
     ("/usr/bin/setpriv", "util-linux"),
+    ("/usr/bin/unshare", "util-linux"),
     ("/usr/bin/dash", "dash"),
     ("/usr/bin/dpkg", "dpkg"),
 ];

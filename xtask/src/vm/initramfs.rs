@@ -1,7 +1,7 @@
 //! The guest's whole filesystem, packed as an initramfs: the init script, the test binaries
 //! and `calyx`/`calyx-run` at their host paths, the shared libraries every ELF needs, python3
-//! with its standard library, dash as /bin/sh, setpriv, busybox for everything else, and the
-//! few /etc files a host has.
+//! with its standard library, dash as /bin/sh, setpriv and unshare, busybox for everything
+//! else, and the few /etc files a host has.
 //!
 //! Host paths are mirrored exactly, symlinks included (Debian's /bin → usr/bin and friends),
 //! because integration tests carry absolute host paths baked in at compile time
@@ -22,6 +22,7 @@ pub const HOST_PROGRAMS: &[&str] = &[
     "/usr/bin/dash",
     "/usr/bin/python3",
     "/usr/bin/setpriv",
+    "/usr/bin/unshare",
 ];
 /// Debian packages whose programs all come along: tests pin executables by sha256, which
 /// busybox's one-binary applets would make indistinguishable (`true` and `false` alike).
