@@ -235,7 +235,7 @@ pub fn mount_setattr_tree(fd: BorrowedFd<'_>, set: u64) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: 0,
-        propagation: libc::MS_PRIVATE as u64,
+        propagation: libc::MS_PRIVATE,
         userns_fd: 0,
     };
     // SAFETY: `attr` is live and sized as passed; the empty path is NUL-terminated.
