@@ -188,23 +188,37 @@ struct OpenHow {
 }
 
 const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
 
 /// `openat2(path, O_PATH | O_CLOEXEC, RESOLVE_NO_SYMLINKS)`: fails with ELOOP if any component
 /// of `path` is a symbolic link, so what is opened is exactly the path as written.
 pub fn open_path_no_symlinks(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
+    openat2_path(libc::AT_FDCWD, path, RESOLVE_NO_SYMLINKS)
+}
+
+/// [`open_path_no_symlinks`] for a `path` relative to the directory `dir`, which it may not
+/// leave (`RESOLVE_BENEATH`: no absolute path, no `..` above `dir`).
+pub fn open_path_no_symlinks_at(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+) -> io::Result<std::os::fd::OwnedFd> {
+    openat2_path(dir.as_raw_fd(), path, RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH)
+}
+
+fn openat2_path(dir: libc::c_int, path: &CStr, resolve: u64) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let how = OpenHow {
         flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
         mode: 0,
-        resolve: RESOLVE_NO_SYMLINKS,
+        resolve,
     };
     // SAFETY: `path` is NUL-terminated and `how` is a live open_how of the size passed.
     let fd = check(unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            libc::AT_FDCWD,
+            dir,
             path.as_ptr(),
             &how as *const OpenHow,
             std::mem::size_of::<OpenHow>(),

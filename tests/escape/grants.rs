@@ -409,6 +409,7 @@ for line in open("/proc/self/mountinfo"):
     f = line.split()
     print(f"mount {f[4]} {f[5]}")
     print(f"propagation {f[4]} {' '.join(f[6:f.index('-')]) or 'private'}")
+    print(f"fstype {f[4]} {f[f.index('-') + 1]}")
 attempt("dev_create", lambda: open("/dev/planted", "w").write("x"))
 attempt("root_create", lambda: open("/planted", "w").write("x"))
 sys.exit(42)
@@ -427,6 +428,14 @@ sys.exit(42)
         .collect();
     assert!(mounts.len() >= 5, "too few mounts parsed: {out}");
     assert_all_private(&out);
+    // One root, the view's tmpfs: the host's root, stacked on it while the view was built,
+    // is gone.
+    let roots: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("fstype / "))
+        .collect();
+    assert_eq!(roots, ["tmpfs"], "{out}");
     let find = |want: &Path| {
         mounts
             .iter()
