@@ -360,24 +360,36 @@ fn finish_takes_the_last_reading_on_the_caller_and_closes_the_watcher() {
     assert!(after.is_empty(), "sent after finish: {after:?}");
 }
 
-#[test]
-fn joining_the_ending_stops_a_watcher_with_nothing_to_wake_it() {
-    // No rules, no samples, no PSI: the watcher sleeps for an hour between wake-ups. `finish`
-    // does not wake it (it is off the closing's path); joining the Ending must.
-    let scratch = Scratch::new("ending");
-    let mut run = Run::create(&scratch.layout, "ending", &LimitSpec::default());
+/// A watcher over a run of `true` that has ended, finished as calyx-run finishes it at the
+/// payload's exit; the events it sent so far are drained. The scratch tree and the run are
+/// returned so that they outlive the watcher.
+fn finished_watcher(
+    tag: &str,
+    config: WatchConfig,
+) -> (Scratch, Run, mpsc::Receiver<SentinelEvent>, watch::Ending) {
+    let scratch = Scratch::new(tag);
+    let mut run = Run::create(&scratch.layout, tag, &LimitSpec::default());
     run.spawn_placed(&["true"]);
-    let (tx, _rx) = mpsc::channel();
-    let config = WatchConfig {
-        monitor_interval: None,
-        psi_trigger: None,
-        ..WatchConfig::default()
-    };
+    let (tx, rx) = mpsc::channel();
     let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
     run.release();
     let status = run.wait(0, Duration::from_secs(20)).expect("payload ended");
     assert!(status.success(), "{status:?}");
     let (_usage, ending) = sentinel.finish();
+    let _: Vec<SentinelEvent> = rx.try_iter().collect();
+    (scratch, run, rx, ending)
+}
+
+#[test]
+fn joining_the_ending_stops_a_watcher_with_nothing_to_wake_it() {
+    // No rules, no samples, no PSI: the watcher sleeps for an hour between wake-ups. `finish`
+    // does not wake it (it is off the closing's path); joining the Ending must.
+    let config = WatchConfig {
+        monitor_interval: None,
+        psi_trigger: None,
+        ..WatchConfig::default()
+    };
+    let (_scratch, _run, _rx, ending) = finished_watcher("ending", config);
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
         ending.join();
@@ -393,22 +405,13 @@ fn joining_the_ending_stops_a_watcher_with_nothing_to_wake_it() {
 fn a_finished_watcher_runs_the_work_handed_over_on_its_own_thread() {
     // calyx-run hands its teardown to the watcher's thread at the payload's exit: the work
     // runs once, on that thread, after the watch (no event after `finish`), and the handle
-    // returned waits for it; a watcher never handed anything just ends.
-    let scratch = Scratch::new("handover");
-    let mut run = Run::create(&scratch.layout, "handover", &LimitSpec::default());
-    run.spawn_placed(&["true"]);
-    let (tx, rx) = mpsc::channel();
+    // returned waits for it.
     let config = WatchConfig {
         monitor_interval: Some(Duration::from_millis(1)),
         psi_trigger: None,
         ..WatchConfig::default()
     };
-    let sentinel = watch::start(run.cg.clone(), config, tx).unwrap();
-    run.release();
-    let status = run.wait(0, Duration::from_secs(20)).expect("payload ended");
-    assert!(status.success(), "{status:?}");
-    let (_usage, ending) = sentinel.finish();
-    let _: Vec<SentinelEvent> = rx.try_iter().collect();
+    let (_scratch, _run, rx, ending) = finished_watcher("handover", config);
     let (ran_tx, ran_rx) = mpsc::channel();
     let caller = std::thread::current().id();
     let handle = ending
