@@ -240,8 +240,8 @@ pub fn sign_envelope(receipt: &Receipt, key: &SigningKey) -> Result<Envelope, Re
 /// a power loss the file may be missing or torn (a torn one fails verification); `calyx
 /// receipt get RUN-ID` writes it again from the log.
 pub fn write_copy(state_dir: &Path, run_id: &str, text: &str) -> Result<PathBuf, ReceiptError> {
-    let dir = receipts_dir(state_dir)?;
-    let path = dir.join(copy_name(run_id));
+    receipts_dir(state_dir)?;
+    let path = copy_path(state_dir, run_id);
     crate::lease::write_file_unsynced(&path, text.as_bytes(), 0o644).map_err(|source| {
         ReceiptError::Io {
             op: "writing receipt",
@@ -255,7 +255,7 @@ pub fn write_copy(state_dir: &Path, run_id: &str, text: &str) -> Result<PathBuf,
 /// `STATE_DIR/receipts`, made (0700) if missing.
 fn receipts_dir(state_dir: &Path) -> Result<PathBuf, ReceiptError> {
     use std::os::unix::fs::DirBuilderExt;
-    let dir = state_dir.join("receipts");
+    let dir = state_dir.join(RECEIPTS_DIR);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -268,8 +268,16 @@ fn receipts_dir(state_dir: &Path) -> Result<PathBuf, ReceiptError> {
     Ok(dir)
 }
 
+/// The receipts' directory in the state directory.
+const RECEIPTS_DIR: &str = "receipts";
+
 fn copy_name(run_id: &str) -> String {
     format!("{run_id}.json")
+}
+
+/// Where a run's copy goes: `STATE_DIR/receipts/<run id>.json`.
+fn copy_path(state_dir: &Path, run_id: &str) -> PathBuf {
+    state_dir.join(RECEIPTS_DIR).join(copy_name(run_id))
 }
 
 /// A receipt's copy made ready while the payload runs, so that writing it once the closing
@@ -327,15 +335,14 @@ impl CopyFile {
         let Some(mut file) = self.unnamed else {
             return write_copy(&self.state_dir, run_id, text);
         };
-        let name = copy_name(run_id);
-        let path = self.state_dir.join("receipts").join(&name);
+        let path = copy_path(&self.state_dir, run_id);
         file.write_all(text.as_bytes())
             .map_err(|source| ReceiptError::Io {
                 op: "writing receipt",
                 path: path.clone(),
                 source,
             })?;
-        let linked = std::ffi::CString::new(name)
+        let linked = std::ffi::CString::new(copy_name(run_id))
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
             .and_then(|c| crate::sys::fs::link_open_file(file.as_fd(), self.dir.as_fd(), &c));
         match linked {

@@ -404,16 +404,17 @@ pub(crate) fn mount_flags(user: User) {
     let mut sb = sb.read(&r).write(&w).exec(&x);
     let out = sb.run_py(
         user,
-        r#"
+        &format!(
+            r#"{PRINT_PROPAGATION}
 for line in open("/proc/self/mountinfo"):
     f = line.split()
-    print(f"mount {f[4]} {f[5]}")
-    print(f"propagation {f[4]} {' '.join(f[6:f.index('-')]) or 'private'}")
-    print(f"fstype {f[4]} {f[f.index('-') + 1]}")
+    print(f"mount {{f[4]}} {{f[5]}}")
+    print(f"fstype {{f[4]}} {{f[f.index('-') + 1]}}")
 attempt("dev_create", lambda: open("/dev/planted", "w").write("x"))
 attempt("root_create", lambda: open("/planted", "w").write("x"))
 sys.exit(42)
-"#,
+"#
+        ),
         &[],
     );
     out.assert_code(PAYLOAD_DONE)
