@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -262,6 +263,24 @@ fn an_unchained_last_line_refuses_appends() {
     assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 1);
 }
 
+#[test]
+fn appends_reserve_storage_ahead_and_the_size_stays_what_was_written() {
+    let (_dir, path) = log_with(3);
+    let meta = fs::metadata(&path).unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    assert_eq!(meta.len(), text.len() as u64);
+    assert_eq!(text.lines().count(), 3);
+    assert!(text.ends_with("}\n"), "{text}");
+    // Blocks beyond the end are reserved for the next appends (fallocate, KEEP_SIZE).
+    let held = meta.blocks() * 512;
+    assert!(
+        held >= meta.len() + (64 << 10),
+        "{} bytes hold {held}",
+        meta.len()
+    );
+    assert!(check(&path).intact());
+}
+
 fn rotated_log(lines: u64) -> (tempfile::TempDir, PathBuf, Vec<PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
@@ -290,6 +309,9 @@ fn rotation_keeps_the_chain() {
     for f in &files[..files.len() - 1] {
         let size = fs::metadata(f).unwrap().len();
         assert!(size >= 2000, "{f:?} rotated at {size} bytes");
+        // Rotated, it gave back the storage reserved beyond its end.
+        let held = fs::metadata(f).unwrap().blocks() * 512;
+        assert!(held < 64 << 10, "{f:?} of {size} bytes holds {held}");
         // The suffix is the seq of the file's last line.
         let last: Value = serde_json::from_str(lines_of(f).last().unwrap()).unwrap();
         let suffix = f.extension().unwrap().to_str().unwrap();

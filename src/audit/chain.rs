@@ -5,7 +5,7 @@
 //! has `prev` = [`GENESIS`]. A line's own hash is [`line_hash`] of its bytes as written.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use serde_json::Value;
@@ -64,6 +64,8 @@ pub struct Last {
 pub struct Tail {
     /// File size.
     pub size: u64,
+    /// Bytes of storage the file holds (blocks reserved beyond its end included).
+    pub allocated: u64,
     /// The last complete line, `None` when the file has none.
     pub last: Option<Last>,
     /// A fragment after the last newline, if any.
@@ -134,7 +136,8 @@ pub fn read_tail(file: &File, path: &Path) -> Result<Tail, AuditError> {
         path: path.to_owned(),
         source,
     };
-    let size = file.metadata().map_err(rerr)?.len();
+    let meta = file.metadata().map_err(rerr)?;
+    let (size, allocated) = (meta.len(), meta.blocks().saturating_mul(512));
     let mut want = TAIL_WINDOW.min(size);
     loop {
         let start = size - want;
@@ -153,7 +156,12 @@ pub fn read_tail(file: &File, path: &Path) -> Result<Tail, AuditError> {
                     None => None,
                     Some((a, b)) => Some(last_of(&window[a..b], path)?),
                 };
-                return Ok(Tail { size, last, torn });
+                return Ok(Tail {
+                    size,
+                    allocated,
+                    last,
+                    torn,
+                });
             }
         }
     }

@@ -167,6 +167,17 @@ pub fn fdatasync(fd: BorrowedFd<'_>) -> io::Result<()> {
     check_int(unsafe { libc::fdatasync(fd.as_raw_fd()) }).map(drop)
 }
 
+/// `fallocate(FALLOC_FL_KEEP_SIZE)`: reserves blocks for `len` bytes from `offset` without
+/// changing the file's size, so that appends landing there allocate nothing.
+pub fn reserve_blocks(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: plain syscall on a borrowed, open descriptor.
+    check_int(unsafe { libc::fallocate(fd.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) })
+        .map(drop)
+}
+
 /// One `write(2)`; returns how many bytes the kernel took (retrying only on EINTR).
 pub fn write_once(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     loop {
