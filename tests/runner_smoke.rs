@@ -49,6 +49,33 @@ fn echo_hello_exits_zero_and_prints() {
     }
 }
 
+/// Init passes its network namespace to the runner, which holds it until the run's account is
+/// written (its teardown by the kernel then does not compete with closing the run); as root
+/// and as nobody alike.
+#[test]
+fn init_passes_its_network_namespace_to_the_runner() {
+    let f = Fixture::new();
+    let lease = f.lease("true", json!([{"path": "/usr/bin/true"}]), json!({}));
+    for who in users() {
+        let out = f
+            .command(who, &lease, &[], &["/usr/bin/true"])
+            .env("CALYX_TIMELINE", "1")
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{who:?}: {err}");
+        let at = |mark: &str| {
+            err.lines()
+                .position(|l| l.ends_with(mark))
+                .unwrap_or_else(|| panic!("{who:?}: no {mark:?} in {err}"))
+        };
+        assert!(
+            at("network namespace held (passed by init)") < at("closing record synced"),
+            "{who:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn exit_codes_pass_through_and_signals_map_to_128_plus_n() {
     let f = Fixture::new();

@@ -121,6 +121,9 @@ pub enum Msg {
     },
     /// init → parent: the pinned executable's digest differs.
     HashMismatch,
+    /// init → parent: its network namespace, attached as a descriptor ([`Channel::send_with_fd`]),
+    /// for the parent to hold until the run's account is written.
+    Network,
     /// payload → parent: execve failed.
     ExecFailed {
         /// errno.
@@ -171,6 +174,7 @@ impl Msg {
             Msg::HashMismatch => (5, 0, 0, [0; 3]),
             Msg::ExecFailed { errno } => (6, 0, i64::from(errno), [0; 3]),
             Msg::Join => (8, 0, 0, [0; 3]),
+            Msg::Network => (9, 0, 0, [0; 3]),
             Msg::Exited { status, usage: u } => (
                 7,
                 0,
@@ -222,6 +226,7 @@ impl Msg {
             5 => Msg::HashMismatch,
             6 => Msg::ExecFailed { errno: b32 },
             8 => Msg::Join,
+            9 => Msg::Network,
             7 => Msg::Exited {
                 status: b32,
                 usage: Reaped {
@@ -257,18 +262,29 @@ impl Channel {
         sys::net::send_packet(self.fd.as_fd(), &m.encode())
     }
 
-    /// Receives one message; Ok(None) on EOF (the other side exited).
+    /// Sends one message with a descriptor attached.
+    pub fn send_with_fd(&self, m: Msg, fd: BorrowedFd<'_>) -> io::Result<()> {
+        sys::net::send_packet_with_fd(self.fd.as_fd(), &m.encode(), fd)
+    }
+
+    /// Receives one message; Ok(None) on EOF (the other side exited). A descriptor attached
+    /// to it is closed.
     pub fn recv(&self) -> io::Result<Option<Msg>> {
+        self.recv_with_fd().map(|(m, _)| m)
+    }
+
+    /// Receives one message and the descriptor attached to it, if any.
+    pub fn recv_with_fd(&self) -> io::Result<(Option<Msg>, Option<OwnedFd>)> {
         let mut buf = [0u8; LEN];
-        let n = sys::net::recv_packet(self.fd.as_fd(), &mut buf)?;
+        let (n, fd) = sys::net::recv_packet_with_fd(self.fd.as_fd(), &mut buf)?;
         if n == 0 {
-            return Ok(None);
+            return Ok((None, None));
         }
         if n != LEN {
             return Err(io::Error::from_raw_os_error(libc::EPROTO));
         }
         Msg::decode(&buf)
-            .map(Some)
+            .map(|m| (Some(m), fd))
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EPROTO))
     }
 
@@ -313,6 +329,7 @@ mod tests {
                 errno: libc::EPERM,
             },
             Msg::HashMismatch,
+            Msg::Network,
             Msg::ExecFailed {
                 errno: libc::ENOENT,
             },
@@ -333,6 +350,35 @@ mod tests {
         }
         drop(a);
         assert_eq!(b.recv().unwrap(), None);
+    }
+
+    /// init's network namespace reaches the parent as a descriptor of the same namespace; a
+    /// message without one brings none, and `recv` closes one it does not hand out.
+    #[test]
+    fn a_descriptor_travels_with_its_message() {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |fd: &OwnedFd| {
+            std::fs::File::from(fd.try_clone().unwrap())
+                .metadata()
+                .unwrap()
+                .ino()
+        };
+        let (parent, init) = pair().unwrap();
+        let ns = std::fs::File::open("/proc/self/ns/net").unwrap();
+        let sent = OwnedFd::from(ns);
+        init.send_with_fd(Msg::Network, sent.as_fd()).unwrap();
+        init.send(Msg::HashMismatch).unwrap();
+        init.send_with_fd(Msg::Network, sent.as_fd()).unwrap();
+        let (m, got) = parent.recv_with_fd().unwrap();
+        assert_eq!(m, Some(Msg::Network));
+        let got = got.expect("a descriptor with the message");
+        assert_ne!(got.as_raw_fd(), sent.as_raw_fd());
+        assert_eq!(ino(&got), ino(&sent));
+        assert!(matches!(
+            parent.recv_with_fd().unwrap(),
+            (Some(Msg::HashMismatch), None)
+        ));
+        assert_eq!(parent.recv().unwrap(), Some(Msg::Network));
     }
 
     /// Regression: init sent HashMismatch and exited without reading the parent's Start; the

@@ -71,6 +71,11 @@ pub fn run_init(
     if let Err(e) = sys::net::unshare_network() {
         fail_early(&channel, Step::NetNamespace, &e);
     }
+    // The parent holds the namespace from here to the end of the run, so that taking it apart
+    // does not compete with closing the run (see parent::Teardown). Best effort.
+    if let Ok(ns) = sys::net::current_network() {
+        let _ = channel.send_with_fd(Msg::Network, ns.as_fd());
+    }
     let code = match init_main(ctx, &channel, cgroup_join) {
         Ok(code) => code,
         Err((step, errno)) => {

@@ -1,6 +1,7 @@
 //! The sandbox's network namespace: creating it, and bringing its loopback interface up.
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::check_int;
 
@@ -9,6 +10,24 @@ use super::check_int;
 pub fn unshare_network() -> io::Result<()> {
     // SAFETY: unshare takes only an integer flag set and touches no caller memory.
     check_int(unsafe { libc::unshare(libc::CLONE_NEWNET) }).map(drop)
+}
+
+/// `SIOCGSKNS` (linux/sockios.h): an nsfs descriptor for the network namespace of a socket.
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+
+/// The network namespace the caller is in, as an nsfs descriptor (`SIOCGSKNS` on a socket made
+/// for the purpose; CAP_NET_ADMIN over the namespace). No path is resolved.
+pub fn current_network() -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes integers only.
+    let sock = check_int(unsafe {
+        libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+    })?;
+    // SAFETY: SIOCGSKNS reads no argument memory; `sock` is ours.
+    let ns = check_int(unsafe { libc::ioctl(sock, SIOCGSKNS as _, 0) });
+    // SAFETY: `sock` is ours and unused after this.
+    unsafe { libc::close(sock) };
+    // SAFETY: on success the kernel returned a new descriptor (close-on-exec) nobody else owns.
+    ns.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `struct ifreq` restricted to the name and the flags member of its union.
@@ -47,8 +66,7 @@ pub fn loopback_up() -> io::Result<()> {
 }
 
 /// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`.
-pub fn seqpacket_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1; 2];
     // SAFETY: `fds` has room for the two descriptors the kernel writes.
     check_int(unsafe {
@@ -60,17 +78,11 @@ pub fn seqpacket_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedF
         )
     })?;
     // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    })
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Sends one packet (MSG_NOSIGNAL: a dead peer is an EPIPE error, not a SIGPIPE).
-pub fn send_packet(fd: std::os::fd::BorrowedFd<'_>, buf: &[u8]) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
+pub fn send_packet(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<()> {
     loop {
         // SAFETY: `buf` is readable for its length.
         let n = unsafe {
@@ -91,19 +103,95 @@ pub fn send_packet(fd: std::os::fd::BorrowedFd<'_>, buf: &[u8]) -> io::Result<()
     }
 }
 
-/// Receives one packet; 0 means EOF.
+/// Control buffer for SCM_RIGHTS: room for a few descriptors, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct FdSpace([u8; 64]);
+
+/// Sends one packet with one descriptor attached (SCM_RIGHTS); otherwise as [`send_packet`].
+pub fn send_packet_with_fd(sock: BorrowedFd<'_>, buf: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut space = FdSpace([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let int = std::mem::size_of::<libc::c_int>() as u32;
+    // SAFETY: an all-zero msghdr is a valid empty one; the pointers set below stay live (they
+    // point at this frame) for every use. CMSG_SPACE(4) fits the 64-byte, 8-aligned buffer, so
+    // CMSG_FIRSTHDR is non-null and its header and data lie inside it.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.0.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(int) as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(int) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd.as_raw_fd());
+        loop {
+            if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) >= 0 {
+                break Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                break Err(e);
+            }
+        }
+    }
+}
+
+/// Receives one packet, and the first descriptor attached to it, if any (close-on-exec; any
+/// further ones are closed). 0 means EOF.
 ///
 /// A peer that exits with unread data in its own queue leaves ECONNRESET pending on our socket;
 /// the kernel reports it once, ahead of the packets the peer sent before exiting, so it is
 /// consumed and the receive retried (a second ECONNRESET is returned).
-pub fn recv_packet(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
+pub fn recv_packet_with_fd(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut resets = 0;
     loop {
-        // SAFETY: `buf` is writable for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let mut space = FdSpace([0; 64]);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is a valid empty one; iov and control point at live
+        // buffers of this frame with their true lengths.
+        let (n, msg) = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = space.0.as_mut_ptr().cast();
+            msg.msg_controllen = space.0.len() as _;
+            let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+            (n, msg)
+        };
         if n >= 0 {
-            return Ok(n as usize);
+            let mut first = None;
+            // SAFETY: the kernel filled `msg_controllen` bytes of `space` with well-formed
+            // cmsghdrs; CMSG_FIRSTHDR/NXTHDR stay inside them, and every SCM_RIGHTS entry
+            // carries (cmsg_len - CMSG_LEN(0)) / 4 descriptors just installed for us.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                        let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                        let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                            / std::mem::size_of::<libc::c_int>();
+                        for i in 0..count {
+                            let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                            if first.is_none() {
+                                first = Some(fd);
+                            }
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+            }
+            return Ok((n as usize, first));
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ECONNRESET) && resets == 0 {
@@ -117,8 +205,7 @@ pub fn recv_packet(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> io::Resul
 }
 
 /// Takes ownership of a raw descriptor number the caller knows to be open and unowned.
-pub fn adopt_fd(raw: i32) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
+pub fn adopt_fd(raw: i32) -> OwnedFd {
     // SAFETY: callers pass only a descriptor they created (dup3 target) and own exclusively.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) }
+    unsafe { OwnedFd::from_raw_fd(raw) }
 }
