@@ -2,7 +2,8 @@
 //! sandboxed `/usr/bin/true` against the peers, all measured in one run on this machine.
 //!
 //! Start-up is the median wall time from spawn to reaped exit. The tools run interleaved,
-//! round by round, so drift in the machine's load falls on all of them alike.
+//! round by round, so drift in the machine's load falls on all of them alike, each after a pause
+//! in which the previous run's deferred kernel work finishes (`SETTLE`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,12 @@ const BASELINE_NAME: &str = "calyx-run without ledger and receipts (bench-baseli
 const ROUNDS: usize = 300;
 /// Unmeasured runs first, so page cache and dentry cache are warm for every tool.
 const WARMUP: usize = 20;
+/// Pause before every timed run, so that each starts on a settled machine: the kernel work a
+/// tool leaves behind when it exits (a network namespace taken apart on a kernel worker, about
+/// 0.6 ms of CPU here; RCU callbacks; a journal commit) is done before the next tool starts,
+/// and no tool's time includes another's. Without it, a tool that lets that work run after its
+/// exit charged it to whichever tool came next.
+const SETTLE: Duration = Duration::from_millis(20);
 /// Runs of each tool alone, back to back, for its CPU per run; after CPU_WARMUP of its own.
 const CPU_RUNS: usize = 200;
 const CPU_WARMUP: usize = 5;
@@ -152,6 +159,7 @@ fn startup(bin: &Path, baseline: &Path, dir: &Path) -> Result<()> {
     println!("round order: shuffled each round (seed {:#x})", order.0);
     for round in 0..WARMUP + ROUNDS {
         for idx in order.permutation(tools.len()) {
+            std::thread::sleep(SETTLE);
             let took = run_once(&tools[idx], round + 1)?;
             if round >= WARMUP {
                 samples[idx].push(took);
@@ -211,7 +219,9 @@ fn startup(bin: &Path, baseline: &Path, dir: &Path) -> Result<()> {
     }
     println!("{table}");
     println!(
-        "{ROUNDS} interleaved rounds after {WARMUP} warm-up rounds; {} cores",
+        "{ROUNDS} interleaved rounds after {WARMUP} warm-up rounds, each run after a {} ms \
+         pause (the previous run's deferred kernel work done); {} cores",
+        SETTLE.as_millis(),
         cores()
     );
     println!(
