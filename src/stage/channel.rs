@@ -352,8 +352,8 @@ mod tests {
         assert_eq!(b.recv().unwrap(), None);
     }
 
-    /// init's network namespace reaches the parent as a descriptor of the same namespace; a
-    /// message without one brings none, and `recv` closes one it does not hand out.
+    /// init's network namespace reaches the parent as a descriptor of the same namespace, a
+    /// message without one brings none, and `recv` reads a message that carries one.
     #[test]
     fn a_descriptor_travels_with_its_message() {
         use std::os::unix::fs::MetadataExt;
