@@ -5,7 +5,7 @@
 //! key's SPKI DER, so anyone holding the `.pub` can compute it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -193,15 +193,11 @@ pub fn generate(out: &Path) -> Result<GeneratedKey, KeyError> {
     })
 }
 
-/// Reads a small text file through an already-open handle, bounded.
-fn read_bounded(mut file: File, path: &Path) -> Result<String, KeyError> {
-    // Sized from the metadata: one read instead of a probe and doublings from 32 bytes.
-    let size = file.metadata().map_or(0, |m| m.len());
-    let mut text = String::with_capacity(size.min(MAX_KEY_FILE_BYTES) as usize + 1);
-    (&mut file)
-        .take(MAX_KEY_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|source| KeyError::Io {
+/// Reads a small text file through an already-open handle, bounded (`len`: its length, when
+/// the caller has its metadata).
+fn read_bounded(file: File, path: &Path, len: Option<u64>) -> Result<String, KeyError> {
+    let text =
+        super::read_text_capped(&file, MAX_KEY_FILE_BYTES, len).map_err(|source| KeyError::Io {
             op: "reading",
             path: path.to_owned(),
             source,
@@ -234,7 +230,7 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
             mode,
         });
     }
-    let pem = read_bounded(file, path)?;
+    let pem = read_bounded(file, path, Some(meta.len()))?;
     SigningKey::from_pkcs8_pem(pem.trim()).map_err(|source| KeyError::BadPrivate {
         path: path.to_owned(),
         source,
@@ -248,7 +244,7 @@ pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, KeyError> {
         path: path.to_owned(),
         source,
     })?;
-    let pem = read_bounded(file, path)?;
+    let pem = read_bounded(file, path, None)?;
     parse_public_key_pem(&pem, &path.display().to_string())
 }
 

@@ -30,6 +30,34 @@ mod trust_error;
 pub mod units;
 pub mod verify;
 
+/// Reads `file` to its end, but at most `max + 1` bytes (one more than allowed shows that a file
+/// is too large), into a buffer sized from its length (`len`, or its metadata when the caller
+/// has not looked already): one `read` for the data instead of a 32-byte probe and doublings.
+pub fn read_capped(file: &std::fs::File, max: u64, len: Option<u64>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let size = len.unwrap_or_else(|| file.metadata().map_or(0, |m| m.len()));
+    let cap = usize::try_from(size.min(max))
+        .unwrap_or(0)
+        .saturating_add(1);
+    let mut raw = Vec::with_capacity(cap);
+    file.take(max.saturating_add(1)).read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
+/// [`read_capped`] as text; invalid UTF-8 is an `InvalidData` error, as with `read_to_string`.
+pub fn read_text_capped(
+    file: &std::fs::File,
+    max: u64,
+    len: Option<u64>,
+) -> std::io::Result<String> {
+    String::from_utf8(read_capped(file, max, len)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
 /// Replaces `path` atomically (temp file with `mode`, fsync, rename): readers see the old
 /// file or the new one, never a torn one.
 pub fn write_file_atomic(

@@ -5,7 +5,6 @@
 //! refuses a file that anyone but root or the caller owns, or that group or others can write.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -213,10 +212,7 @@ impl TrustPolicy {
         let file = File::open(path).map_err(io("opening"))?;
         let meta = file.metadata().map_err(io("inspecting"))?;
         check_file_trust(path, &meta, caller_uid)?;
-        // Sized from the metadata: one read instead of a probe and doublings from 32 bytes.
-        let mut text = String::with_capacity(meta.len().min(MAX_POLICY_BYTES) as usize + 1);
-        file.take(MAX_POLICY_BYTES + 1)
-            .read_to_string(&mut text)
+        let text = super::read_text_capped(&file, MAX_POLICY_BYTES, Some(meta.len()))
             .map_err(io("reading"))?;
         if text.len() as u64 > MAX_POLICY_BYTES {
             return Err(TrustError::TooLarge {

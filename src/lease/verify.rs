@@ -14,7 +14,7 @@
 //! `payload_sha256`), before anything runs. A caller that skips the ledger enforces neither.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -202,29 +202,11 @@ pub fn read_lease_file(path: &Path) -> Result<Vec<u8>, VerifyError> {
         source,
     };
     let file = File::open(path).map_err(read_err)?;
-    // Sized from the file where it says (a regular file): one read instead of a probe and
-    // doublings from 32 bytes.
-    let hint = file.metadata().map_or(0, |m| m.len());
-    read_bounded(file, hint).map_err(|e| match e {
-        Bounded::Io(source) => read_err(source),
-        Bounded::TooLarge(at_least) => VerifyError::TooLarge { at_least },
-    })
-}
-
-enum Bounded {
-    Io(io::Error),
-    TooLarge(usize),
-}
-
-fn read_bounded(reader: impl Read, size_hint: u64) -> Result<Vec<u8>, Bounded> {
-    let cap = usize::try_from(size_hint).map_or(0, |n| n.min(MAX_LEASE_BYTES)) + 1;
-    let mut raw = Vec::with_capacity(cap);
-    reader
-        .take(MAX_LEASE_BYTES as u64 + 1)
-        .read_to_end(&mut raw)
-        .map_err(Bounded::Io)?;
+    let raw = super::read_capped(&file, MAX_LEASE_BYTES as u64, None).map_err(read_err)?;
     if raw.len() > MAX_LEASE_BYTES {
-        return Err(Bounded::TooLarge(raw.len()));
+        return Err(VerifyError::TooLarge {
+            at_least: raw.len(),
+        });
     }
     Ok(raw)
 }

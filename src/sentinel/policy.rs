@@ -89,16 +89,13 @@ impl HaltPolicy {
 
     /// Read, bound, parse and validate a policy file.
     pub fn load(path: &Path) -> Result<Self, SentinelError> {
-        use std::io::Read;
         let read_err = |source| SentinelError::Read {
             path: path.to_owned(),
             source,
         };
         let file = std::fs::File::open(path).map_err(read_err)?;
-        let mut text = String::new();
-        file.take(MAX_POLICY_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(read_err)?;
+        let text =
+            crate::lease::read_text_capped(&file, MAX_POLICY_BYTES, None).map_err(read_err)?;
         if text.len() as u64 > MAX_POLICY_BYTES {
             return Err(read_err(std::io::Error::from(
                 std::io::ErrorKind::FileTooLarge,
