@@ -259,12 +259,12 @@ impl Channel {
 
     /// Sends one message.
     pub fn send(&self, m: Msg) -> io::Result<()> {
-        sys::net::send_packet(self.fd.as_fd(), &m.encode())
+        sys::net::send_packet(self.fd.as_fd(), &m.encode(), None)
     }
 
     /// Sends one message with a descriptor attached.
     pub fn send_with_fd(&self, m: Msg, fd: BorrowedFd<'_>) -> io::Result<()> {
-        sys::net::send_packet_with_fd(self.fd.as_fd(), &m.encode(), fd)
+        sys::net::send_packet(self.fd.as_fd(), &m.encode(), Some(fd))
     }
 
     /// Receives one message; Ok(None) on EOF (the other side exited). A descriptor attached

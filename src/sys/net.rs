@@ -81,34 +81,13 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Sends one packet (MSG_NOSIGNAL: a dead peer is an EPIPE error, not a SIGPIPE).
-pub fn send_packet(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<()> {
-    loop {
-        // SAFETY: `buf` is readable for its length.
-        let n = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Control buffer for SCM_RIGHTS: room for a few descriptors, aligned for `cmsghdr`.
 #[repr(C, align(8))]
 struct FdSpace([u8; 64]);
 
-/// Sends one packet with one descriptor attached (SCM_RIGHTS); otherwise as [`send_packet`].
-pub fn send_packet_with_fd(sock: BorrowedFd<'_>, buf: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+/// Sends one packet, with `fd` attached (SCM_RIGHTS) when given; MSG_NOSIGNAL: a dead peer is
+/// an EPIPE error, not a SIGPIPE.
+pub fn send_packet(sock: BorrowedFd<'_>, buf: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
     let mut space = FdSpace([0; 64]);
     let mut iov = libc::iovec {
         iov_base: buf.as_ptr() as *mut libc::c_void,
@@ -122,13 +101,15 @@ pub fn send_packet_with_fd(sock: BorrowedFd<'_>, buf: &[u8], fd: BorrowedFd<'_>)
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        msg.msg_control = space.0.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(int) as _;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(int) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd.as_raw_fd());
+        if let Some(fd) = fd {
+            msg.msg_control = space.0.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(int) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(int) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd.as_raw_fd());
+        }
         loop {
             if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) >= 0 {
                 break Ok(());
