@@ -183,12 +183,6 @@ pub fn set_no_new_privs() -> Result<(), CapsError> {
     }
 }
 
-/// The report line once [`set_no_new_privs`] succeeded.
-pub const NO_NEW_PRIVS_STATUS_LINE: &str = "no_new_privs: set (verified)";
-
-/// The report line once [`drop_all_capabilities`] succeeded.
-pub const STATUS_LINE: &str = "capabilities: all sets empty (verified in /proc)";
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
